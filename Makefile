@@ -1,0 +1,32 @@
+# fairseq-seqkd: `make demo` and `make test` do everything on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fairseq-seqkd-installed
+DEMO_DIR ?= runs/toy
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+# Re-run the installer only when what it installs changed; a ready .venv costs nothing.
+$(STAMP): scripts/install.sh requirements.txt setup.py
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
+	touch $(STAMP)
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" bash examples/toy/demo.sh $(DEMO_DIR)
+
+test: install
+	$(BIN)/ruff check fairseq_seqkd tests benchmarks examples
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b --quick | tail -1; done
+
+clean:
+	rm -rf runs build *.egg-info

@@ -1,0 +1,67 @@
+"""The ``fairseq-seqkd`` command: what fairseq has no command for.
+
+Each subcommand lives in ``fairseq_seqkd/commands/<name>.py`` and defines ``HELP``,
+``add_args(parser)`` and ``run(args) -> int``; it parses, then calls one library function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from fairseq_seqkd.errors import UserError
+
+SUBCOMMANDS = [
+    "toy-corpus",
+    "cache",
+    "extract",
+    "prune",
+    "export",
+    "evaluate",
+    "report",
+]
+
+
+def _module(name: str):
+    return importlib.import_module("fairseq_seqkd.commands." + name.replace("-", "_"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="fairseq-seqkd",
+        description="Sequence-level knowledge distillation (Kim & Rush, 2016) for fairseq.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            mod = _module(name)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("fairseq_seqkd.commands"):
+                continue  # not implemented in this build
+            raise
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_args(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fairseq-seqkd`` console script."""
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        level=logging.INFO,
+        stream=sys.stderr,
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"fairseq-seqkd {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of ``fairseq-seqkd``: each a few lines over a library function."""

@@ -1,0 +1,137 @@
+"""Score ``fairseq-generate`` output: every sentence or an error, sacrebleu with its signature.
+
+fairseq silently drops up to 7 sentences per split unless ``--required-batch-size-multiple 1``
+is given; a BLEU over fewer sentences than the test set is an error here, not a score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.io_utils import atomic_write_text, read_lines
+
+_TIMING = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s")
+_PPL = re.compile(r"\|\s*ppl\s+([\d.]+)")
+
+
+@dataclass
+class GenerateOutput:
+    """What one ``fairseq-generate`` run printed: 1-best per sentence id, and its timing."""
+
+    path: str
+    hypotheses: dict[int, str] = field(default_factory=dict)  # detokenized (D- lines)
+    sources: dict[int, str] = field(default_factory=dict)
+    seconds: float | None = None
+    tokens: int | None = None
+
+
+def parse_generate_output(path: str) -> GenerateOutput:
+    """Read S-/D- lines (first D- line per id is the 1-best) and the 'Translated ...' line."""
+    out = GenerateOutput(path)
+    for line in read_lines(path):
+        tag, _, rest = line.partition("\t")
+        if tag.startswith("S-"):
+            out.sources[int(tag[2:])] = rest
+        elif tag.startswith("D-"):
+            sid = int(tag[2:])
+            if sid not in out.hypotheses:
+                _score, _, text = rest.partition("\t")
+                out.hypotheses[sid] = text
+        else:
+            m = _TIMING.search(line)
+            if m:
+                out.tokens = int(m.group(2).replace(",", ""))
+                out.seconds = float(m.group(3))
+    return out
+
+
+def ordered_hypotheses(gen: GenerateOutput, expected: int) -> list[str]:
+    """The 1-best hypotheses in id order; a missing or extra id is an error naming the ids."""
+    missing = [i for i in range(expected) if i not in gen.hypotheses]
+    extra = sorted(i for i in gen.hypotheses if not 0 <= i < expected)
+    if missing or extra:
+        raise UserError(
+            f"{gen.path}: fairseq-generate printed {len(gen.hypotheses)} hypotheses for a test set "
+            f"of {expected} sentences (missing ids: {_ids(missing)}; unexpected ids: {_ids(extra)}). "
+            "fairseq drops sentences unless told not to: rerun fairseq-generate with "
+            "--required-batch-size-multiple 1, and check that the reference file matches the split."
+        )
+    return [gen.hypotheses[i] for i in range(expected)]
+
+
+def _ids(ids: list[int], limit: int = 10) -> str:
+    if not ids:
+        return "none"
+    shown = ", ".join(map(str, ids[:limit]))
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def count_parameters(checkpoint: str) -> dict[str, int]:
+    """Parameters and non-zero parameters of the model in a fairseq checkpoint."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = state.get("model", state)
+    total = nonzero = 0
+    for name, t in model.items():
+        # fairseq keeps a few non-parameter buffers in the state dict
+        if not torch.is_tensor(t) or not t.is_floating_point() or name.endswith(
+                ("_float_tensor", ".version", "positions._float_tensor")):
+            continue
+        total += t.numel()
+        nonzero += int(torch.count_nonzero(t))
+    return {"params": total, "nonzero_params": nonzero}
+
+
+def parse_ppl(validate_log: str) -> float:
+    """Perplexity from a ``fairseq-validate`` log (its last '| ppl X' entry)."""
+    found = _PPL.findall("\n".join(read_lines(validate_log)))
+    if not found:
+        raise UserError(f"{validate_log}: no '| ppl' entry; is it the output of fairseq-validate?")
+    return float(found[-1])
+
+
+def evaluate_generation(gen_path: str, ref_path: str, src_path: str | None = None,
+                        tokenize: str = "13a") -> dict:
+    """BLEU (sacrebleu, with signature), sentence count and source words/s of one generate run."""
+    from sacrebleu.metrics import BLEU
+
+    refs = read_lines(ref_path)
+    gen = parse_generate_output(gen_path)
+    hyps = ordered_hypotheses(gen, len(refs))
+    bleu = BLEU(tokenize=tokenize)
+    score = bleu.corpus_score(hyps, [refs])
+    if src_path is not None:
+        src_words = sum(len(s.split()) for s in read_lines(src_path))
+    else:
+        src_words = sum(len(s.split()) for s in gen.sources.values())
+    result = {
+        "bleu": round(score.score, 2),
+        "bleu_signature": str(bleu.get_signature()),
+        "sentences": len(hyps),
+        "seconds": gen.seconds,
+        "words_per_s": round(src_words / gen.seconds, 1) if gen.seconds else None,
+    }
+    if gen.seconds is None:
+        result["words_per_s"] = None
+    elif not math.isfinite(result["words_per_s"]):  # pragma: no cover - zero-time runs
+        result["words_per_s"] = None
+    return result
+
+
+def update_system_result(results_dir: str, name: str, values: dict) -> str:
+    """Merge ``values`` into ``results_dir/NAME.json`` atomically; return the path."""
+    os.makedirs(results_dir, exist_ok=True)
+    path = os.path.join(results_dir, f"{name}.json")
+    current = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            current = json.load(f)
+    current.update(values)
+    atomic_write_text(path, json.dumps(current, indent=2, sort_keys=True) + "\n")
+    return path

@@ -1,0 +1,31 @@
+"""Small file helpers shared by every stage: atomic writes and strict line reading."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from fairseq_seqkd.errors import UserError
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_lines(path: str) -> list[str]:
+    """The lines of a UTF-8 text file without newlines; a missing file is a UserError."""
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
