@@ -1,0 +1,179 @@
+"""Table 1 of the paper, a JSON file and plots, from the per-system results of one run.
+
+Each stage of a run records its figures in ``RUN/results/NAME.json`` (``fairseq-seqkd
+evaluate``); the offline pruning sweep records its points in ``RUN/results/curve/*.json``.
+This module only reads those files: it never runs a model.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.io_utils import atomic_write_text
+
+# The systems of the paper's Table 1, in its order; a run may have any subset, plus extras.
+SYSTEMS = ["teacher", "baseline", "word_kd", "seq_kd", "seq_inter", "seq_kd_seq_inter_word_kd",
+           "pruned", "pruned_ct2_int8"]
+LABELS = {
+    "teacher": "Teacher",
+    "baseline": "Baseline student",
+    "word_kd": "Word-KD",
+    "seq_kd": "Seq-KD",
+    "seq_inter": "Seq-Inter",
+    "seq_kd_seq_inter_word_kd": "Seq-KD + Seq-Inter + Word-KD",
+    "pruned": "Pruned 80% (retrained)",
+    "pruned_ct2_int8": "Pruned, CTranslate2 int8",
+}
+KEYS = ["bleu_greedy", "bleu_beam", "ppl", "params", "nonzero_params", "words_per_s_greedy",
+        "words_per_s_beam"]
+
+# Kim & Rush (2016), Table 1, WMT14 En-De (teacher 4x1000, student 2x500): only the figures
+# quoted in the project brief; None where we do not quote the paper.
+PAPER = {
+    "wmt14_en_de": {
+        "teacher": {"bleu_greedy": 17.7, "bleu_beam": 19.5},
+        "baseline": {"bleu_greedy": 14.7, "bleu_beam": 17.6},
+        "word_kd": {"bleu_greedy": 15.4, "bleu_beam": None},
+        "seq_kd": {"bleu_greedy": 18.9, "bleu_beam": 19.0},
+    },
+}
+
+
+def collect(run_dir: str) -> dict:
+    """Read ``RUN/results/*.json`` into ``{"systems": {...}, "pruning_curve": [...]}``."""
+    results_dir = os.path.join(run_dir, "results")
+    files = sorted(glob.glob(os.path.join(results_dir, "*.json")))
+    if not files:
+        raise UserError(f"{results_dir}: no results (*.json); run the pipeline's evaluation stages first")
+    systems: dict[str, dict] = {}
+    for path in files:
+        name = os.path.splitext(os.path.basename(path))[0]
+        systems[name] = _load(path)
+    order = [s for s in SYSTEMS if s in systems] + sorted(s for s in systems if s not in SYSTEMS)
+    full = {s: {k: systems[s].get(k) for k in KEYS} | {k: v for k, v in systems[s].items() if k not in KEYS}
+            for s in order}
+    curve = [_load(p) for p in sorted(glob.glob(os.path.join(results_dir, "curve", "*.json")))]
+    curve.sort(key=lambda r: float(r.get("prune_ratio", 0)))
+    return {"systems": full, "pruning_curve": curve}
+
+
+def _load(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e}); delete it and rerun the stage that wrote it") from e
+
+
+def _fmt(v, digits: int = 1) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    if isinstance(v, int) and v >= 10_000:
+        return f"{v / 1e6:.2f}M" if v >= 1_000_000 else f"{v / 1e3:.1f}k"
+    return str(v)
+
+
+def markdown_table(report: dict, paper: str | None = None) -> str:
+    """The paper's Table 1 layout: BLEU K=1/K=5, perplexity, parameters, speed."""
+    ref = PAPER.get(paper or "", {})
+    head = ["System", "BLEU K=1", "BLEU K=5", "PPL", "Params", "Non-zero", "words/s K=1", "words/s K=5"]
+    if ref:
+        head += ["Paper K=1", "Paper K=5"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in report["systems"].items():
+        row = [LABELS.get(name, name), _fmt(r["bleu_greedy"]), _fmt(r["bleu_beam"]), _fmt(r["ppl"], 2),
+               _fmt(r["params"]), _fmt(r["nonzero_params"]), _fmt(r["words_per_s_greedy"], 0),
+               _fmt(r["words_per_s_beam"], 0)]
+        if ref:
+            p = ref.get(name, {})
+            row += [_fmt(p.get("bleu_greedy")), _fmt(p.get("bleu_beam"))]
+        lines.append("| " + " | ".join(row) + " |")
+    sig = next((r.get("bleu_signature") for r in report["systems"].values() if r.get("bleu_signature")), None)
+    if sig:
+        lines.append(f"\nBLEU: sacrebleu, signature `{sig}`; K=1 is greedy, K=5 is beam 5.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, out_dir: str) -> list[str]:
+    """BLEU against words/s, BLEU against parameters, and the pruning curve, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = report["systems"]
+    written = []
+
+    def scatter(xkey: str, xlabel: str, fname: str, logx: bool) -> None:
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        for decoding, marker in (("greedy", "o"), ("beam", "s")):
+            for name, r in systems.items():
+                x = r.get(xkey.format(decoding=decoding))
+                y = r.get(f"bleu_{decoding}")
+                if x is None or y is None:
+                    continue
+                ax.scatter([x], [y], marker=marker, label=None)
+                ax.annotate(f"{LABELS.get(name, name)} ({'K=1' if decoding == 'greedy' else 'K=5'})", (x, y),
+                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("BLEU")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = os.path.join(out_dir, fname)
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
+
+    scatter("words_per_s_{decoding}", "source words per second", "bleu_vs_speed.png", True)
+    scatter("nonzero_params", "non-zero parameters", "bleu_vs_params.png", True)
+    curve = report.get("pruning_curve") or []
+    if curve:
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        for key, label in (("bleu_greedy", "pruned, no retraining (K=1)"),
+                           ("bleu_beam", "pruned, no retraining (K=5)")):
+            pts = [(float(c["prune_ratio"]) * 100, c[key]) for c in curve if c.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=label)
+        pruned = systems.get("pruned")
+        if pruned and pruned.get("bleu_beam") is not None and pruned.get("params"):
+            ratio = 100 * (1 - pruned["nonzero_params"] / pruned["params"])
+            ax.scatter([ratio], [pruned["bleu_beam"]], marker="*", s=120, color="k", label="retrained (K=5)")
+        ax.set_xlabel("weights pruned (%)")
+        ax.set_ylabel("BLEU")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out_dir, "pruning_curve.png")
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _save(fig, path: str) -> None:
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def write_report(run_dir: str, paper: str | None = None, plots: bool = True) -> dict[str, str]:
+    """Write RUN/report.md, RUN/report.json and the PNG plots; return their paths."""
+    report = collect(run_dir)
+    table = markdown_table(report, paper)
+    pngs = plot(report, run_dir) if plots else []
+    md = "# Results\n\n" + table
+    if pngs:
+        md += "\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pngs) + "\n"
+    paths = {"markdown": os.path.join(run_dir, "report.md"), "json": os.path.join(run_dir, "report.json")}
+    atomic_write_text(paths["markdown"], md)
+    atomic_write_text(paths["json"], json.dumps(report, indent=2) + "\n")
+    for p in pngs:
+        paths[os.path.basename(p)] = p
+    return paths | {"table": table}

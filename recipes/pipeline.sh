@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The Kim & Rush (2016) pipeline over a tokenized corpus, with fairseq's commands and the plugin.
+#
+# Sourced by the recipes (recipes/*.sh) and the demo (examples/toy/demo.sh) after they set the
+# variables below; `seqkd_pipeline` then runs every stage. Each stage records a marker in
+# $RUN/.stages when it completes, so a killed run resumes where it stopped (fairseq-train itself
+# resumes from checkpoint_last.pt). Delete a marker to redo that stage.
+#
+# Required: RUN, TOK (folder with {train,valid,test}.{SRC,TGT}, tokenized as the models see
+#   them), SRC, TGT, TEST_REF (detokenized reference of the test set), TEST_SRC (source text
+#   whose words words/s counts), TEACHER_ARCH, STUDENT_ARCH, TRAIN_ARGS, TEACHER_STEPS,
+#   STUDENT_STEPS, FINETUNE_STEPS (fairseq options, e.g. "--max-epoch 8").
+# Optional: DEVICE_ARGS (default --cpu), POST_PROCESS (e.g. sentencepiece), GEN_ARGS,
+#   SEQKD_BEAM (5), SEQ_INTER_BEAM (35), KD_ALPHA (0.5), KD_TOPK (8), PRUNE_RATIO (0.8),
+#   PRUNE_SCHEME (class-blind), PRUNE_STEPS, PRUNE_CURVE ("0.5 0.6 0.7 0.8 0.9"),
+#   NUM_SHARDS (1) and SHARD_ID (all shards when unset), PAPER (e.g. wmt14_en_de),
+#   STAGES (space-separated subset to run; default all), BLEU_TOKENIZE (13a).
+
+set -euo pipefail
+
+PLUGIN="${PLUGIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../fairseq_seqkd" && pwd)}"
+DEVICE_ARGS="${DEVICE_ARGS---cpu}"
+POST_PROCESS="${POST_PROCESS:-}"
+GEN_ARGS="${GEN_ARGS:---batch-size 128}"
+SEQKD_BEAM="${SEQKD_BEAM:-5}"
+SEQ_INTER_BEAM="${SEQ_INTER_BEAM:-35}"
+KD_ALPHA="${KD_ALPHA:-0.5}"
+KD_TOPK="${KD_TOPK:-8}"
+PRUNE_RATIO="${PRUNE_RATIO:-0.8}"
+PRUNE_SCHEME="${PRUNE_SCHEME:-class-blind}"
+PRUNE_STEPS="${PRUNE_STEPS:-$FINETUNE_STEPS}"
+PRUNE_CURVE="${PRUNE_CURVE:-0.5 0.6 0.7 0.8 0.9}"
+NUM_SHARDS="${NUM_SHARDS:-1}"
+BLEU_TOKENIZE="${BLEU_TOKENIZE:-13a}"
+PAPER="${PAPER:-}"
+STAGES="${STAGES:-data teacher baseline word_kd seq_kd seq_inter combined pruned export report}"
+
+# fairseq drops up to 7 sentences per split unless the batch size multiple is 1.
+NO_DROP="--required-batch-size-multiple 1"
+POST_ARGS=()
+[ -n "$POST_PROCESS" ] && POST_ARGS=(--post-process "$POST_PROCESS")
+
+log() { printf '%s | pipeline | %s\n' "$(date '+%F %T')" "$*" >&2; }
+
+# run_stage NAME CMD...: run CMD unless NAME completed before; its log goes to $RUN/logs/NAME.log.
+run_stage() {
+  local name="$1"; shift
+  local marker="$RUN/.stages/$name"
+  if [ -e "$marker" ]; then log "$name: done before, skipped (rm $marker to redo)"; return 0; fi
+  mkdir -p "$RUN/.stages" "$RUN/logs"
+  log "$name: running (log: $RUN/logs/$name.log)"
+  local t0=$SECONDS
+  if ! "$@" >"$RUN/logs/$name.log" 2>&1; then
+    log "$name: FAILED after $((SECONDS - t0)) s; last lines of $RUN/logs/$name.log:"
+    tail -n 25 "$RUN/logs/$name.log" >&2
+    return 1
+  fi
+  touch "$marker"
+  log "$name: done in $((SECONDS - t0)) s"
+}
+
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+
+preprocess() {  # preprocess DEST [TRAINPREF]: binarize with one joined dictionary
+  local dest="$1" trainpref="${2:-$TOK/train}"
+  if [ "$trainpref" = "$TOK/train" ]; then
+    fairseq-preprocess --source-lang "$SRC" --target-lang "$TGT" --trainpref "$trainpref" \
+      --validpref "$TOK/valid" --testpref "$TOK/test" --destdir "$dest" --joined-dictionary --workers 2
+  fi
+}
+
+train() {  # train SAVE_DIR DATA ARCH STEPS [extra fairseq-train options...]
+  local save="$1" data="$2" arch="$3" steps="$4"; shift 4
+  # shellcheck disable=SC2086
+  fairseq-train "$data" --user-dir "$PLUGIN" --task translation_kd --source-lang "$SRC" --target-lang "$TGT" \
+    $arch $TRAIN_ARGS $steps $DEVICE_ARGS $NO_DROP --save-dir "$save" --no-epoch-checkpoints "$@"
+}
+
+generate() {  # generate CKPT SUBSET BEAM OUT [extra options]: every sentence, 1-best first
+  local ckpt="$1" subset="$2" beam="$3" out="$4"; shift 4
+  # shellcheck disable=SC2086
+  fairseq-generate "$RUN/data-bin" --user-dir "$PLUGIN" --task translation_kd --source-lang "$SRC" \
+    --target-lang "$TGT" --path "$ckpt" --gen-subset "$subset" --beam "$beam" --nbest 1 \
+    $GEN_ARGS $DEVICE_ARGS $NO_DROP "$@" >"$out.tmp" 2>&1
+  mv "$out.tmp" "$out"
+}
+
+evaluate() {  # evaluate NAME CKPT: BLEU greedy and beam 5, perplexity, parameters
+  local name="$1" ckpt="$2" dec beam
+  mkdir -p "$RUN/eval"
+  for dec in greedy beam; do
+    beam=1; [ "$dec" = beam ] && beam=5
+    generate "$ckpt" test "$beam" "$RUN/eval/$name.$dec.txt" "${POST_ARGS[@]}"
+    fairseq-seqkd evaluate "$RUN/eval/$name.$dec.txt" --ref "$TEST_REF" --src "$TEST_SRC" --name "$name" \
+      --decoding "$dec" --tokenize "$BLEU_TOKENIZE" --results-dir "$RUN/results"
+  done
+  # shellcheck disable=SC2086
+  fairseq-validate "$RUN/data-bin" --user-dir "$PLUGIN" --task translation_kd --source-lang "$SRC" \
+    --target-lang "$TGT" --path "$ckpt" --valid-subset test --max-tokens 8000 $DEVICE_ARGS $NO_DROP \
+    >"$RUN/eval/$name.validate.txt" 2>&1
+  fairseq-seqkd evaluate --name "$name" --checkpoint "$ckpt" --validate-log "$RUN/eval/$name.validate.txt" \
+    --results-dir "$RUN/results"
+}
+
+best() { echo "$RUN/$1/checkpoint_best.pt"; }
+
+seqkd_pipeline() {
+  : "${RUN:?}" "${TOK:?}" "${SRC:?}" "${TGT:?}" "${TEST_REF:?}" "${TEST_SRC:?}"
+  : "${TEACHER_ARCH:?}" "${STUDENT_ARCH:?}" "${TRAIN_ARGS:?}" "${TEACHER_STEPS:?}" "${STUDENT_STEPS:?}"
+  : "${FINETUNE_STEPS:?}"
+  mkdir -p "$RUN"
+  log "run folder: $RUN"
+
+  want data && run_stage data preprocess "$RUN/data-bin"
+
+  if want teacher; then
+    run_stage teacher.train train "$RUN/teacher" "$RUN/data-bin" "$TEACHER_ARCH" "$TEACHER_STEPS"
+    run_stage teacher.eval evaluate teacher "$(best teacher)"
+  fi
+  if want baseline; then
+    run_stage baseline.train train "$RUN/baseline" "$RUN/data-bin" "$STUDENT_ARCH" "$STUDENT_STEPS"
+    run_stage baseline.eval evaluate baseline "$(best baseline)"
+  fi
+  want report && run_stage report fairseq-seqkd report "$RUN" ${PAPER:+--paper "$PAPER"}
+  want report && cat "$RUN/report.md"
+  return 0
+}
