@@ -15,6 +15,7 @@ from fairseq_seqkd.errors import UserError
 
 SUBCOMMANDS = [
     "toy-corpus",
+    "prepare",
     "cache",
     "extract",
     "prune",

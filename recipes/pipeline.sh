@@ -104,12 +104,55 @@ evaluate() {  # evaluate NAME CKPT: BLEU greedy and beam 5, perplexity, paramete
 
 best() { echo "$RUN/$1/checkpoint_best.pt"; }
 
+# shards_to_run: the shard ids this process generates (SHARD_ID set: that one, e.g. a SLURM array task)
+shards_to_run() { if [ -n "${SHARD_ID:-}" ]; then echo "$SHARD_ID"; else seq 0 $((NUM_SHARDS - 1)); fi; }
+
+# generate_train NAME CKPT BEAM [options]: the teacher translates the training set, one stage per
+# shard (a shard that died is rerun alone), with fairseq's own --num-shards/--shard-id.
+generate_train() {
+  local name="$1" ckpt="$2" beam="$3" i; shift 3
+  mkdir -p "$RUN/$name-gen"
+  for i in $(shards_to_run); do
+    run_stage "$name.generate.shard$i" generate "$ckpt" train "$beam" "$RUN/$name-gen/shard$i.txt" \
+      --num-shards "$NUM_SHARDS" --shard-id "$i" "$@"
+  done
+}
+
+# extract NAME: merge the shards into a corpus in the original order, checked, binarized with
+# the original dictionaries into $RUN/data-bin-NAME.
+extract_corpus() {
+  local name="$1"
+  fairseq-seqkd extract "$RUN/$name-gen" --num-shards "$NUM_SHARDS" --data "$RUN/data-bin" \
+    --source-lang "$SRC" --target-lang "$TGT" --out "$RUN/data-bin-$name"
+}
+
+# finetune SAVE DATA FROM STEPS [options]: start from FROM's weights (fresh optimizer and data)
+finetune() {
+  local save="$1" data="$2" from="$3" steps="$4"; shift 4
+  train "$save" "$data" "$STUDENT_ARCH" "$steps" --finetune-from-model "$from" "$@"
+}
+
+prune_curve() {  # offline pruning at several ratios, no retraining: the pruning curve
+  local ckpt="$1" r
+  mkdir -p "$RUN/curve"
+  for r in $PRUNE_CURVE; do
+    fairseq-seqkd prune "$ckpt" --ratio "$r" --scheme "$PRUNE_SCHEME" --out "$RUN/curve/r$r.pt"
+    for dec in greedy beam; do
+      beam=1; [ "$dec" = beam ] && beam=5
+      generate "$RUN/curve/r$r.pt" test "$beam" "$RUN/curve/r$r.$dec.txt" "${POST_ARGS[@]}"
+      fairseq-seqkd evaluate "$RUN/curve/r$r.$dec.txt" --ref "$TEST_REF" --src "$TEST_SRC" --name "r$r" \
+        --decoding "$dec" --tokenize "$BLEU_TOKENIZE" --set "prune_ratio=$r" --results-dir "$RUN/results/curve"
+    done
+  done
+}
+
 seqkd_pipeline() {
   : "${RUN:?}" "${TOK:?}" "${SRC:?}" "${TGT:?}" "${TEST_REF:?}" "${TEST_SRC:?}"
   : "${TEACHER_ARCH:?}" "${STUDENT_ARCH:?}" "${TRAIN_ARGS:?}" "${TEACHER_STEPS:?}" "${STUDENT_STEPS:?}"
   : "${FINETUNE_STEPS:?}"
   mkdir -p "$RUN"
   log "run folder: $RUN"
+  local kd=(--criterion word_kd --kd-alpha "$KD_ALPHA")
 
   want data && run_stage data preprocess "$RUN/data-bin"
 
@@ -117,11 +160,56 @@ seqkd_pipeline() {
     run_stage teacher.train train "$RUN/teacher" "$RUN/data-bin" "$TEACHER_ARCH" "$TEACHER_STEPS"
     run_stage teacher.eval evaluate teacher "$(best teacher)"
   fi
+  if [ -n "${SHARD_ID:-}" ]; then  # one shard of the teacher's work (a SLURM array task): only that
+    want seq_kd && generate_train seqkd "$(best teacher)" "$SEQKD_BEAM"
+    want seq_inter && generate_train seqinter "$(best teacher)" "$SEQ_INTER_BEAM" --seq-inter
+    return 0
+  fi
   if want baseline; then
     run_stage baseline.train train "$RUN/baseline" "$RUN/data-bin" "$STUDENT_ARCH" "$STUDENT_STEPS"
     run_stage baseline.eval evaluate baseline "$(best baseline)"
   fi
-  want report && run_stage report fairseq-seqkd report "$RUN" ${PAPER:+--paper "$PAPER"}
-  want report && cat "$RUN/report.md"
+  if want word_kd; then
+    run_stage word_kd.cache fairseq-seqkd cache "$RUN/data-bin" --path "$(best teacher)" --split train \
+      --topk "$KD_TOPK" --out "$RUN/cache" $DEVICE_ARGS
+    run_stage word_kd.train train "$RUN/word_kd" "$RUN/data-bin" "$STUDENT_ARCH" "$STUDENT_STEPS" \
+      --teacher-cache "$RUN/cache" "${kd[@]}"
+    run_stage word_kd.eval evaluate word_kd "$(best word_kd)"
+  fi
+  if want seq_kd; then
+    generate_train seqkd "$(best teacher)" "$SEQKD_BEAM"
+    run_stage seq_kd.extract extract_corpus seqkd
+    run_stage seq_kd.train train "$RUN/seq_kd" "$RUN/data-bin-seqkd" "$STUDENT_ARCH" "$STUDENT_STEPS"
+    run_stage seq_kd.eval evaluate seq_kd "$(best seq_kd)"
+  fi
+  if want seq_inter; then
+    generate_train seqinter "$(best teacher)" "$SEQ_INTER_BEAM" --seq-inter
+    run_stage seq_inter.extract extract_corpus seqinter
+    run_stage seq_inter.train finetune "$RUN/seq_inter" "$RUN/data-bin-seqinter" "$(best baseline)" \
+      "$FINETUNE_STEPS"
+    run_stage seq_inter.eval evaluate seq_inter "$(best seq_inter)"
+  fi
+  local combined=seq_kd_seq_inter_word_kd
+  if want combined; then
+    run_stage combined.cache fairseq-seqkd cache "$RUN/data-bin-seqinter" --path "$(best teacher)" \
+      --split train --topk "$KD_TOPK" --out "$RUN/cache-seqinter" $DEVICE_ARGS
+    run_stage combined.train finetune "$RUN/$combined" "$RUN/data-bin-seqinter" "$(best seq_kd)" \
+      "$FINETUNE_STEPS" --teacher-cache "$RUN/cache-seqinter" "${kd[@]}"
+    run_stage combined.eval evaluate "$combined" "$(best $combined)"
+  fi
+  if want pruned; then
+    run_stage pruned.curve prune_curve "$(best $combined)"
+    run_stage pruned.train finetune "$RUN/pruned" "$RUN/data-bin-seqkd" "$(best $combined)" "$PRUNE_STEPS" \
+      --prune-ratio "$PRUNE_RATIO" --prune-scheme "$PRUNE_SCHEME"
+    run_stage pruned.eval evaluate pruned "$(best pruned)"
+  fi
+  if want export; then
+    run_stage export fairseq-seqkd export "$(best pruned)" --out "$RUN/export/student.pt" \
+      --ct2 "$RUN/export/ct2-int8" --quantization int8
+  fi
+  if want report; then
+    fairseq-seqkd report "$RUN" ${PAPER:+--paper "$PAPER"} >"$RUN/logs/report.log"
+    cat "$RUN/report.md"
+  fi
   return 0
 }
