@@ -20,6 +20,7 @@ SUBCOMMANDS = [
     "extract",
     "prune",
     "export",
+    "ct2-translate",
     "evaluate",
     "report",
 ]

@@ -11,8 +11,6 @@ import os
 import re
 from dataclasses import dataclass, field
 
-import torch
-
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.io_utils import atomic_write_text, read_lines
 
@@ -73,18 +71,11 @@ def _ids(ids: list[int], limit: int = 10) -> str:
 
 
 def count_parameters(checkpoint: str) -> dict[str, int]:
-    """Parameters and non-zero parameters of the model in a fairseq checkpoint."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = state.get("model", state)
-    total = nonzero = 0
-    for name, t in model.items():
-        # fairseq keeps a few non-parameter buffers in the state dict
-        if not torch.is_tensor(t) or not t.is_floating_point() or name.endswith(
-                ("_float_tensor", ".version", "positions._float_tensor")):
-            continue
-        total += t.numel()
-        nonzero += int(torch.count_nonzero(t))
-    return {"params": total, "nonzero_params": nonzero}
+    """Parameters and non-zero parameters of a fairseq checkpoint's model, tied tensors once."""
+    from fairseq_seqkd.checkpoint_io import load_checkpoint
+    from fairseq_seqkd.export import parameter_counts
+
+    return parameter_counts(load_checkpoint(checkpoint)["model"])
 
 
 def parse_ppl(validate_log: str) -> float:

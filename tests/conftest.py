@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+# One thread per process: the suite runs several torch processes at once on 2 cores, and
+# oversubscribed threads stall (40 updates: 12 s with 1 thread, 100 s with 2 on busy cores).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 BIN = Path(sys.executable).parent
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TOY_SIZES = {"train": 800, "valid": 64, "test": 61}  # 61: not a multiple of 8, on purpose

@@ -51,7 +51,8 @@ def test_report_writes_table_json_and_plots(tmp_path):
     update_system_result(str(res), "seq_kd", {"bleu_greedy": 29.0, "bleu_beam": 29.2, "params": 500_000,
                                               "nonzero_params": 500_000, "words_per_s_greedy": 4000.0,
                                               "words_per_s_beam": 1500.0})
-    update_system_result(str(res), "pruned", {"bleu_beam": 28.9, "params": 500_000, "nonzero_params": 100_000})
+    update_system_result(str(res), "pruned",
+                         {"bleu_beam": 28.9, "params": 500_000, "nonzero_params": 100_000})
     update_system_result(str(res / "curve"), "r80", {"prune_ratio": 0.8, "bleu_greedy": 20.0})
     update_system_result(str(res / "curve"), "r50", {"prune_ratio": 0.5, "bleu_greedy": 28.0})
     paths = write_report(str(tmp_path), paper="wmt14_en_de")

@@ -28,7 +28,8 @@ def test_sources_have_several_valid_translations():
             seen.update(w for w in t.split() if w in NOUNS["car"][0])
     assert seen["auto"] > seen["wagen"] > 0
     # free word order: an adverb is sometimes fronted, sometimes after the verb
-    fronted = sum(1 for s, t in zip(data.source, data.target) if "today" in s.split() and t.startswith("heute"))
+    pairs = zip(data.source, data.target)
+    fronted = sum(1 for s, t in pairs if "today" in s.split() and t.startswith("heute"))
     total = sum(1 for s in data.source if "today" in s.split())
     assert 0 < fronted < total
     # optional words: 'very' is sometimes dropped in the target

@@ -18,13 +18,14 @@ HELP = ("score a fairseq-generate output against the reference (sacrebleu, every
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("gen_output", nargs="?", help="stdout of fairseq-generate (S-/H-/D- lines)")
-    p.add_argument("--ref", help="reference file, one detokenized sentence per line (required with gen_output)")
+    p.add_argument("--ref", help="reference file, one detokenized sentence per line (needed with gen_output)")
     p.add_argument("--src", help="source file: its words are what words/s counts (default: the S- lines)")
     p.add_argument("--name", required=True, help="system name, e.g. teacher, baseline, seq_kd")
     p.add_argument("--decoding", choices=["greedy", "beam"], help="which decoding gen_output used")
     p.add_argument("--checkpoint", help="record params and non-zero params of this checkpoint")
     p.add_argument("--validate-log", help="record the perplexity printed by fairseq-validate")
-    p.add_argument("--tokenize", default="13a", help="sacrebleu tokenizer (default 13a; 'none' for raw tokens)")
+    p.add_argument("--tokenize", default="13a",
+                   help="sacrebleu tokenizer (default 13a; 'none' for raw tokens)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="also record KEY=VALUE (a number where it parses as one), e.g. prune_ratio=0.8")
     p.add_argument("--results-dir", required=True, help="folder of per-system JSON files (RUN/results)")
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.ref or not args.decoding:
             raise SystemExit("evaluate: gen_output needs --ref and --decoding")
         res = evaluate_generation(args.gen_output, args.ref, args.src, args.tokenize)
-        values.update({f"bleu_{args.decoding}": res["bleu"], f"words_per_s_{args.decoding}": res["words_per_s"],
+        values.update({f"bleu_{args.decoding}": res["bleu"],
+                       f"words_per_s_{args.decoding}": res["words_per_s"],
                        "bleu_signature": res["bleu_signature"], "sentences": res["sentences"]})
     if args.checkpoint:
         values.update(count_parameters(args.checkpoint))
