@@ -1,0 +1,304 @@
+"""Word-level knowledge distillation (Kim & Rush, 2016, eq. 2): the ``word_kd`` criterion.
+
+loss = (1 - alpha) * label-smoothed NLL of the reference
+       + alpha * tau^2 * H(q_tau, p_tau)
+
+where p is the student's distribution, q the teacher's, both at temperature tau, and H the
+cross-entropy summed over target tokens. The teacher distribution comes from the sample
+(keys ``teacher_topk_ids`` / ``teacher_topk_probs``, added by the ``translation_kd`` task from
+a teacher top-k cache; renormalised over the k entries) or from an online teacher loaded with
+``--teacher-path`` (full vocabulary, or its top ``--kd-topk``). The criterion learns about the
+cache only through those two sample keys.
+
+Where a batch has no teacher distribution (a validation split without a cache and no online
+teacher), the KD term is skipped and the loss is the label-smoothed NLL alone; while training
+that is an error, since the student would silently train without its teacher.
+"""
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from fairseq import checkpoint_utils, models, utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+from fairseq.data import Dictionary, data_utils
+from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import metrics
+from omegaconf import II
+
+from fairseq_seqkd.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# The sample keys through which a teacher distribution reaches the criterion.
+TEACHER_IDS_KEY = "teacher_topk_ids"
+TEACHER_PROBS_KEY = "teacher_topk_probs"
+
+
+@dataclass
+class WordKDConfig(FairseqDataclass):
+    kd_alpha: float = field(
+        default=0.5,
+        metadata={"help": "weight of the KD term: loss = (1 - alpha) * label-smoothed NLL + alpha * KD "
+                          "(Kim & Rush use 0.5; 0 gives label_smoothed_cross_entropy exactly)"},
+    )
+    kd_temperature: float = field(
+        default=1.0,
+        metadata={"help": "temperature tau applied to teacher and student in the KD term, "
+                          "which is scaled by tau^2"},
+    )
+    kd_topk: int = field(
+        default=0,
+        metadata={"help": "use only the teacher's k most probable tokens per position (renormalised); "
+                          "0: all the cache holds, or the full vocabulary of an online teacher"},
+    )
+    # typing.Optional, not "str | None": fairseq turns this annotation into an argparse type
+    teacher_path: Optional[str] = field(  # noqa: UP045
+        default=None,
+        metadata={"help": "teacher checkpoint run online (eval mode, no grad) for batches that carry "
+                          "no cached teacher distribution (see --teacher-cache of task translation_kd)"},
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={"help": "epsilon for label smoothing of the NLL term, 0 means no label smoothing"},
+    )
+    sentence_avg: bool = II("optimization.sentence_avg")
+
+
+def kd_cross_entropy(
+    student_lprobs: torch.Tensor,
+    teacher_ids: torch.Tensor | None,
+    teacher_probs: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Per position tau^2 * H(q_tau, p_tau); ``teacher_ids=None`` means the probs cover the vocabulary.
+
+    ``student_lprobs`` (..., V) are the student's log-probabilities at temperature 1. The teacher
+    side is renormalised over the entries given, so a top-k cache yields the teacher's
+    distribution restricted to its k most probable tokens.
+    """
+    # a float16 cache is computed in float32 (at least)
+    q = teacher_probs.to(torch.promote_types(teacher_probs.dtype, torch.float32))
+    if temperature != 1.0:
+        # log_softmax is shift-invariant: log-probs / tau give the same p_tau as logits / tau
+        student_lprobs = F.log_softmax(student_lprobs / temperature, dim=-1)
+        # q^(1/tau) renormalised equals softmax(teacher logits / tau) on the same support
+        q = q.pow(1.0 / temperature)
+    q = q / q.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+    lp = student_lprobs if teacher_ids is None else student_lprobs.gather(-1, teacher_ids.long())
+    return -(temperature**2) * (q * lp).sum(dim=-1)
+
+
+def word_kd_loss(
+    student_lprobs: torch.Tensor,
+    teacher_ids: torch.Tensor | None,
+    teacher_probs: torch.Tensor | None,
+    target: torch.Tensor,
+    pad: int,
+    alpha: float,
+    temperature: float = 1.0,
+    label_smoothing: float = 0.0,
+    reduce: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(loss, nll_loss, kd_loss) of word-level KD; ``teacher_probs=None`` skips KD (loss = LS-NLL).
+
+    Shapes: student_lprobs (..., V) log-probs, target (...), teacher_ids/probs (..., k), or
+    teacher_probs (..., V) with teacher_ids None. Positions where target == pad are ignored.
+    """
+    vocab = student_lprobs.size(-1)
+    lprobs = student_lprobs.reshape(-1, vocab)
+    target = target.reshape(-1)
+    ls_loss, nll_loss = label_smoothed_nll_loss(lprobs, target, label_smoothing, ignore_index=pad,
+                                                reduce=reduce)
+    if teacher_probs is None:
+        return ls_loss, nll_loss, None
+    k = teacher_probs.size(-1)
+    ids = None if teacher_ids is None else teacher_ids.reshape(-1, k)
+    kd = kd_cross_entropy(lprobs, ids, teacher_probs.reshape(-1, k), temperature)
+    kd = kd.masked_fill(target.eq(pad), 0.0).unsqueeze(-1)  # (N, 1) like label_smoothed_nll_loss
+    if reduce:
+        kd = kd.sum()
+    # alpha = 0 must reproduce label_smoothed_cross_entropy bit for bit
+    loss = ls_loss if alpha == 0 else (1.0 - alpha) * ls_loss + alpha * kd
+    return loss, nll_loss, kd
+
+
+def _dictionary_mismatch(expected: Dictionary, found: Dictionary) -> str | None:
+    """A one-line description of how two dictionaries differ, or None when they are equal."""
+    if expected.symbols == found.symbols:
+        return None
+    if len(expected) != len(found):
+        return f"{len(found)} symbols instead of {len(expected)}"
+    i = next(i for i, (a, b) in enumerate(zip(expected.symbols, found.symbols)) if a != b)
+    return f"symbol {i} is {found.symbols[i]!r} instead of {expected.symbols[i]!r}"
+
+
+def _teacher_vocab_size(state_dict: dict) -> int | None:
+    for key in ("decoder.output_projection.weight", "decoder.embed_out", "decoder.embed_tokens.weight"):
+        if key in state_dict:
+            return int(state_dict[key].shape[0])
+    return None
+
+
+def load_teacher(path: str, task, state: dict | None = None) -> torch.nn.Module:
+    """Load a fairseq checkpoint as a frozen teacher (eval, no grad) over ``task``'s dictionaries.
+
+    The teacher must have been trained with the task's target dictionary: its vocabulary size is
+    checked, and its symbols too when the teacher's data folder is still readable.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such teacher checkpoint; pass the teacher's checkpoint_best.pt "
+                        "or checkpoint_last.pt")
+    if state is None:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    cfg = state["cfg"]
+    tgt_dict = task.target_dictionary
+    size = _teacher_vocab_size(state["model"])
+    if size is not None and size != len(tgt_dict):
+        raise UserError(
+            f"{path}: the teacher's output vocabulary has {size} entries but the target dictionary of "
+            f"this data has {len(tgt_dict)}: the teacher was trained with another dictionary. "
+            "Binarize the data with the teacher's dictionary (fairseq-preprocess --tgtdict/--srcdict "
+            "TEACHER_DATA/dict.*.txt) or use the matching teacher.")
+    teacher_data = utils.split_paths(cfg.task.data)[0] if cfg.task.get("data") else None
+    tgt_lang = cfg.task.get("target_lang")
+    if teacher_data and not tgt_lang and os.path.isdir(teacher_data):
+        # fairseq saves the languages it inferred from the file names as None: infer them again
+        tgt_lang = data_utils.infer_language_pair(teacher_data)[1]
+    teacher_dict_file = None
+    if teacher_data and tgt_lang:
+        teacher_dict_file = os.path.join(teacher_data, f"dict.{tgt_lang}.txt")
+    if teacher_dict_file and os.path.isfile(teacher_dict_file):
+        diff = _dictionary_mismatch(tgt_dict, Dictionary.load(teacher_dict_file))
+        if diff is not None:
+            raise UserError(
+                f"{path}: the teacher was trained with dictionary {teacher_dict_file}, which differs from "
+                f"this data's target dictionary ({diff}). Binarize the data with the teacher's "
+                "dictionary (fairseq-preprocess --tgtdict/--srcdict) or use the matching teacher.")
+    else:
+        logger.warning("teacher %s: its dictionary file %s is not readable; only the vocabulary size "
+                       "was checked against the target dictionary", path, teacher_dict_file)
+    model = models.build_model(cfg.model, task)
+    try:
+        model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
+    except RuntimeError as e:
+        raise UserError(f"{path}: the teacher's weights do not fit a model built over this data's "
+                        f"dictionaries ({str(e).splitlines()[-1].strip()}); use the matching teacher "
+                        "and data") from e
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def teacher_topk(teacher: torch.nn.Module, net_input: dict,
+                 k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Teacher-forced (ids, probs) of the k most probable tokens per position, (B, T, k), sorted.
+
+    k <= 0 returns (None, full distribution (B, T, V)).
+    """
+    net_output = teacher(**net_input)
+    lprobs = teacher.get_normalized_probs(net_output, log_probs=True)
+    if k <= 0:
+        return None, lprobs.exp()
+    values, ids = lprobs.topk(min(k, lprobs.size(-1)), dim=-1)
+    return ids, values.exp()
+
+
+@register_criterion("word_kd", dataclass=WordKDConfig)
+class WordKDCriterion(FairseqCriterion):
+    """Label-smoothed NLL plus the cross-entropy to a teacher's (cached or online) distribution."""
+
+    def __init__(self, task, sentence_avg, label_smoothing, kd_alpha, kd_temperature, kd_topk,
+                 teacher_path):
+        super().__init__(task)
+        if not 0.0 <= kd_alpha <= 1.0:
+            raise UserError(f"--kd-alpha must lie in [0, 1], got {kd_alpha}")
+        if kd_temperature <= 0:
+            raise UserError(f"--kd-temperature must be positive, got {kd_temperature}")
+        if kd_topk < 0:
+            raise UserError(f"--kd-topk must be >= 0 (0: everything available), got {kd_topk}")
+        self.sentence_avg = sentence_avg
+        self.eps = label_smoothing
+        self.alpha = kd_alpha
+        self.temperature = kd_temperature
+        self.topk = kd_topk
+        # A plain list, not a submodule: the teacher must stay out of the optimizer, out of the
+        # student's checkpoints and out of criterion.train().
+        self._teacher: list[torch.nn.Module] = []
+        if teacher_path:
+            self._teacher.append(load_teacher(teacher_path, task))
+            logger.info("word_kd: online teacher %s loaded (eval mode, no grad)", teacher_path)
+
+    def teacher_distribution(self, model, sample) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(ids, probs) from the sample's cached top-k, else from the online teacher, else (None, None)."""
+        if TEACHER_PROBS_KEY in sample:
+            ids, probs = sample[TEACHER_IDS_KEY], sample[TEACHER_PROBS_KEY]
+            if ids.shape[:2] != sample["target"].shape:
+                raise UserError(f"teacher cache batch of shape {tuple(ids.shape)} does not line up with "
+                                f"the target {tuple(sample['target'].shape)}")
+            if self.topk:
+                if self.topk > ids.size(-1):
+                    raise UserError(f"--kd-topk {self.topk} exceeds the k={ids.size(-1)} the teacher cache "
+                                    "holds: lower --kd-topk or rebuild the cache with a larger --topk")
+                ids, probs = ids[..., : self.topk], probs[..., : self.topk]
+            return ids, probs
+        if self._teacher:
+            teacher = self._teacher[0]
+            param = next(model.parameters())
+            t_param = next(teacher.parameters())
+            if t_param.device != param.device or (param.dtype != t_param.dtype and param.is_floating_point()):
+                teacher.to(device=param.device, dtype=param.dtype)
+            return teacher_topk(teacher, sample["net_input"], self.topk)
+        return None, None
+
+    def forward(self, model, sample, reduce=True):
+        """Compute the loss for the given sample: (loss, sample_size, logging_output)."""
+        net_output = model(**sample["net_input"])
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)
+        target = model.get_targets(sample, net_output)
+        ids, probs = self.teacher_distribution(model, sample)
+        if probs is None and model.training and self.alpha > 0:
+            raise UserError("criterion word_kd has no teacher for this training batch: pass "
+                            "--task translation_kd --teacher-cache DIR (see `fairseq-seqkd cache`) "
+                            "or --teacher-path TEACHER_CHECKPOINT")
+        loss, nll_loss, kd_loss = word_kd_loss(lprobs, ids, probs, target, self.padding_idx, self.alpha,
+                                               self.temperature, self.eps, reduce=reduce)
+        ntokens = sample["ntokens"]
+        sample_size = sample["target"].size(0) if self.sentence_avg else ntokens
+        logging_output = {
+            "loss": loss.data,
+            "nll_loss": nll_loss.data,
+            "ntokens": ntokens,
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+        }
+        if kd_loss is not None:
+            logging_output["kd_loss"] = kd_loss.data
+            logging_output["kd_ntokens"] = ntokens
+        return loss, sample_size, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        """Aggregate logging outputs: loss per sample_size, nll and kd per token (base 2), ppl."""
+        loss_sum = sum(log.get("loss", 0) for log in logging_outputs)
+        nll_loss_sum = sum(log.get("nll_loss", 0) for log in logging_outputs)
+        kd_loss_sum = sum(log.get("kd_loss", 0) for log in logging_outputs)
+        ntokens = sum(log.get("ntokens", 0) for log in logging_outputs)
+        kd_ntokens = sum(log.get("kd_ntokens", 0) for log in logging_outputs)
+        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
+        metrics.log_scalar("loss", loss_sum / sample_size / math.log(2), sample_size, round=3)
+        metrics.log_scalar("nll_loss", nll_loss_sum / ntokens / math.log(2), ntokens, round=3)
+        if kd_ntokens > 0:
+            metrics.log_scalar("kd_loss", kd_loss_sum / kd_ntokens / math.log(2), kd_ntokens, round=3)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        """Logging outputs are plain sums, so workers' outputs can be summed before reduce_metrics."""
+        return True

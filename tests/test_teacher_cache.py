@@ -1,0 +1,240 @@
+"""The teacher top-k cache: format, shards, resume, checks, and the dataset wrapper."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_TRANSFORMER
+from fairseq.data import Dictionary
+
+from fairseq_seqkd import cli
+from fairseq_seqkd.criterions.word_kd import TEACHER_IDS_KEY, TEACHER_PROBS_KEY, load_teacher
+from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.teacher_cache import (
+    TeacherCache,
+    attach_teacher_cache,
+    build_cache,
+    check_against_dataset,
+    dictionary_hash,
+    file_sha256,
+    header_path,
+    shard_path,
+)
+
+
+def kd_task(data: Path, *argv: str):
+    """(cfg, task) of ``translation_kd`` over ``data``, set up as fairseq-train does, in process."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    args = options.parse_args_and_arch(options.get_training_parser(),
+                                       [str(data), "--task", "translation_kd", *TINY_TRANSFORMER, "--cpu",
+                                        *map(str, argv)])
+    cfg = convert_namespace_to_omegaconf(args)
+    return cfg, tasks.setup_task(cfg.task)
+
+
+def batches(task, split: str, max_tokens: int = 400, num_workers: int = 0, shuffle: bool = False):
+    """Every batch of a loaded split, none lost (required_batch_size_multiple=1)."""
+    itr = task.get_batch_iterator(task.dataset(split), max_tokens=max_tokens, required_batch_size_multiple=1,
+                                  num_workers=num_workers, disable_iterator_cache=True)
+    return list(itr.next_epoch_itr(shuffle=shuffle))
+
+
+def build(data, teacher, out, split="valid", **kw) -> dict:
+    """build_cache with the test defaults (small batches, no progress bar)."""
+    kw.setdefault("max_tokens", 300)
+    return build_cache(str(data), str(teacher), str(out), split=split, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def valid_cache(toy_data_bin, toy_teacher, tmp_path_factory) -> Path:
+    """The valid split cached at k=8 in 3 shards."""
+    out = tmp_path_factory.mktemp("cache3")
+    build(toy_data_bin, toy_teacher, out, topk=8, num_shards=3)
+    return out
+
+
+def test_header_records_format_counts_and_hashes(valid_cache, toy_data_bin, toy_teacher):
+    header = json.loads(Path(header_path(str(valid_cache), "valid")).read_text())
+    _, task = kd_task(toy_data_bin)
+    task.load_dataset("valid")
+    sizes = task.dataset("valid").tgt_sizes
+    assert header["split"] == "valid" and header["k"] == 8 and header["num_shards"] == 3
+    assert (header["ids_dtype"], header["probs_dtype"]) == ("uint16", "float16")
+    assert header["num_sentences"] == len(sizes) == 64
+    assert header["num_tokens"] == int(sizes.sum())
+    assert header["teacher_checkpoint_sha256"] == file_sha256(str(toy_teacher))
+    tgt_dict = Dictionary.load(str(toy_data_bin / "dict.de.txt"))
+    assert header["target_dictionary_sha256"] == dictionary_hash(tgt_dict)
+    ranges = [(s["first_sentence"], s["num_sentences"]) for s in header["shards"]]
+    assert ranges == [(0, 21), (21, 21), (42, 22)]
+    on_disk = sum(os.path.getsize(valid_cache / s["file"]) for s in header["shards"])
+    assert on_disk == header["bytes"]
+    # 8 x (2 + 2) bytes per token plus offsets and one 4 KiB header per shard
+    assert header["bytes"] <= header["num_tokens"] * 32 + 3 * (4096 + 2 * 64) + 8 * (64 + 3)
+
+
+def test_round_trip_across_shards_holds_the_teachers_top_k(valid_cache, toy_data_bin, toy_teacher):
+    _, task = kd_task(toy_data_bin)
+    task.load_dataset("valid")
+    teacher = load_teacher(str(toy_teacher), task)
+    cache = TeacherCache(str(valid_cache), "valid")
+    pad = task.target_dictionary.pad()
+    seen = 0
+    for sample in batches(task, "valid"):
+        with torch.no_grad():
+            full = teacher.get_normalized_probs(teacher(**sample["net_input"]), log_probs=False)
+        for row, sid in enumerate(sample["id"].tolist()):
+            n = int(sample["target"][row].ne(pad).sum())
+            ids, probs = cache[sid]
+            assert ids.shape == probs.shape == (n, 8)
+            ids = torch.from_numpy(ids.astype(np.int64))
+            truth = full[row, :n]
+            # the cached probs are the teacher's at those ids (float16), sorted, and the largest k
+            assert torch.allclose(torch.from_numpy(probs.astype(np.float32)), truth.gather(1, ids), atol=2e-3)
+            assert (np.diff(probs.astype(np.float32), axis=1) <= 0).all()
+            kth = truth.topk(8, dim=1).values[:, -1]
+            assert (truth.gather(1, ids).min(dim=1).values >= kth - 2e-3).all()
+            seen += 1
+    assert seen == len(cache) == 64
+
+
+def test_dataset_wrapper_aligns_with_target_under_padding_shuffle_and_workers(valid_cache, toy_data_bin):
+    # (--num-batch-buckets would be the natural case, but fairseq's bucketing calls
+    # np.percentile(interpolation=...), which numpy 2 removed; padding to a multiple of 8 on the
+    # left exercises the same alignment rule)
+    _, task = kd_task(toy_data_bin, "--teacher-cache", valid_cache, "--required-seq-len-multiple", "8",
+                      "--left-pad-target")
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    cache = TeacherCache(str(valid_cache), "valid")
+    pad, rows = task.target_dictionary.pad(), 0
+    for sample in batches(task, "valid", max_tokens=250, num_workers=1, shuffle=True):
+        target, ids, probs = sample["target"], sample[TEACHER_IDS_KEY], sample[TEACHER_PROBS_KEY]
+        assert ids.shape[:2] == probs.shape[:2] == target.shape and ids.dtype == torch.long
+        assert target.size(1) % 8 == 0
+        for row, sid in enumerate(sample["id"].tolist()):
+            mask = target[row].ne(pad)
+            assert mask[-1], "left padding: tokens end the row"
+            want_ids, want_probs = cache[sid]
+            assert torch.equal(ids[row][mask], torch.from_numpy(want_ids.astype(np.int64)))
+            assert torch.equal(probs[row][mask], torch.from_numpy(np.array(want_probs)))
+            assert probs[row][~mask].float().abs().sum() == 0
+            rows += 1
+    assert rows == 64
+    # workers get a copy without the maps: small to pickle, reopened lazily
+    blob = pickle.dumps(dataset)
+    copy = pickle.loads(blob)
+    assert copy.cache._maps is None
+    assert np.array_equal(copy.cache[5][0], cache[5][0])
+    assert len(pickle.dumps(dataset.cache)) < 16_000
+
+
+def test_sharded_build_resumes_after_a_crash_left_a_partial_shard(toy_data_bin, toy_teacher, tmp_path,
+                                                                  valid_cache):
+    out = tmp_path / "cache"
+    first = build(toy_data_bin, toy_teacher, out, topk=8, num_shards=3, shard_id=0)
+    assert first["built"] == [0] and first["header"] is None and first["missing"] == [1, 2]
+    done = Path(shard_path(str(out), "valid", 0, 3))
+    stamp = (done.stat().st_ino, done.stat().st_mtime_ns)
+    # a crash while writing shard 1: its .tmp holds part of a shard, no final file, no header
+    partial = Path(shard_path(str(out), "valid", 1, 3) + ".tmp")
+    partial.write_bytes(Path(shard_path(str(valid_cache), "valid", 1, 3)).read_bytes()[:5000])
+    with pytest.raises(UserError, match=r"not finished.*1 partial"):
+        TeacherCache(str(out), "valid")
+    with pytest.raises(UserError, match=r"incomplete.*missing shard ids \[1, 2\].*partial"):
+        cli_verify(toy_data_bin, out)
+    resumed = build(toy_data_bin, toy_teacher, out, topk=8, num_shards=3)
+    assert resumed["skipped"] == [0] and resumed["built"] == [1, 2] and resumed["header"] is not None
+    assert (done.stat().st_ino, done.stat().st_mtime_ns) == stamp, "a finished shard was rewritten"
+    assert not partial.exists()
+    a, b = TeacherCache(str(out), "valid"), TeacherCache(str(valid_cache), "valid")
+    for i in range(len(a)):
+        assert np.allclose(a[i][1].astype(np.float32), b[i][1].astype(np.float32), atol=2e-3)
+    # a rerun finds everything done; another k in the same folder is refused
+    assert build(toy_data_bin, toy_teacher, out, topk=8, num_shards=3)["built"] == []
+    with pytest.raises(UserError, match=r"valid.header.json: a finished cache of another build "
+                                        r"\(k is 8 there but 4 here\)"):
+        build(toy_data_bin, toy_teacher, out, topk=4, num_shards=3)
+
+
+def cli_verify(data, out, split="valid") -> None:
+    """`fairseq-seqkd cache DATA --verify` in process; UserError propagates as the CLI would print it."""
+    args = cli.build_parser().parse_args(["cache", str(data), "--verify", "--split", split,
+                                          "--out", str(out)])
+    args._run(args)
+
+
+def test_verify_merges_shards_built_elsewhere_and_checks_the_data(valid_cache, toy_data_bin, tmp_path,
+                                                                  capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(valid_cache, out)
+    os.unlink(header_path(str(out), "valid"))  # as if each shard came from another machine
+    assert cli.main(["cache", str(toy_data_bin), "--verify", "--split", "valid", "--out", str(out)]) == 0
+    assert "ok:" in capsys.readouterr().out
+    assert json.loads(Path(header_path(str(out), "valid")).read_text())["num_sentences"] == 64
+
+
+def test_truncated_shard_is_a_clear_error(valid_cache, tmp_path, capsys, toy_data_bin):
+    out = tmp_path / "copy"
+    shutil.copytree(valid_cache, out)
+    victim = Path(shard_path(str(out), "valid", 2, 3))
+    size = victim.stat().st_size
+    with open(victim, "r+b") as f:
+        f.truncate(size - 100)
+    with pytest.raises(UserError) as e:
+        TeacherCache(str(out), "valid")
+    msg = str(e.value)
+    assert str(victim) in msg and "truncated" in msg and f"{size - 100} bytes" in msg and str(size) in msg
+    assert "rerun `fairseq-seqkd cache`" in msg
+    # the command line reports it and exits 2
+    assert cli.main(["cache", str(toy_data_bin), "--verify", "--split", "valid", "--out", str(out)]) == 2
+    assert "truncated" in capsys.readouterr().err
+
+
+def test_wrong_split_is_a_clear_error(valid_cache, toy_data_bin, tmp_path):
+    _, task = kd_task(toy_data_bin)
+    task.load_dataset("test")
+    task.load_dataset("train")
+    # a folder without the training split's cache
+    with pytest.raises(UserError, match=r"no teacher cache for split 'train' \(it holds a cache for "
+                                        r"split\(s\) valid; wrong split\?\).*--split train"):
+        attach_teacher_cache(task.dataset("train"), str(valid_cache), "train", task.target_dictionary, True)
+    # a validation split without a cache is left unwrapped
+    assert attach_teacher_cache(task.dataset("test"), str(valid_cache), "test", task.target_dictionary,
+                                False) is task.dataset("test")
+    # a renamed header
+    out = tmp_path / "copy"
+    shutil.copytree(valid_cache, out)
+    os.rename(header_path(str(out), "valid"), header_path(str(out), "test"))
+    with pytest.raises(UserError, match=r"test.header.json: describes split 'valid', not 'test'"):
+        TeacherCache(str(out), "test")
+    # the valid cache checked against the test split: 64 vs 61 sentences
+    with pytest.raises(UserError, match=r"valid.header.json: holds 64 sentences but split 'valid' of this "
+                                        r"data has 61"):
+        check_against_dataset(TeacherCache(str(valid_cache), "valid"), task.dataset("test"),
+                              task.target_dictionary)
+
+
+def test_wrong_dictionary_and_wrong_lengths_are_clear_errors(valid_cache, toy_data_bin):
+    _, task = kd_task(toy_data_bin)
+    task.load_dataset("valid")
+    dataset, cache = task.dataset("valid"), TeacherCache(str(valid_cache), "valid")
+    other = Dictionary.load(str(toy_data_bin / "dict.de.txt"))
+    other.add_symbol("zzz-new-word")
+    with pytest.raises(UserError, match=r"valid.header.json: built over another target dictionary.*"
+                                        rf"with {len(other) - 1} symbols.*with {len(other)}\)"):
+        check_against_dataset(cache, dataset, other)
+    dataset.tgt_sizes = dataset.tgt_sizes.copy()
+    dataset.tgt_sizes[30] += 1
+    with pytest.raises(UserError, match=r"shard0001-of-0003.bin: sentence 30 has \d+ target tokens in the "
+                                        r"cache but \d+ in the data \(1 sentences"):
+        check_against_dataset(cache, dataset, task.target_dictionary)

@@ -1,0 +1,211 @@
+"""The word_kd criterion: its math against a plain computation, and against fairseq and the teacher."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY_TRANSFORMER, TRAIN_COMMON, plugin_dir, run_cli
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+from fairseq.data import Dictionary
+from fairseq.tasks.translation import TranslationTask
+from test_teacher_cache import batches, build, kd_task
+
+from fairseq_seqkd import cli
+from fairseq_seqkd.criterions.word_kd import (
+    TEACHER_IDS_KEY,
+    TEACHER_PROBS_KEY,
+    WordKDCriterion,
+    kd_cross_entropy,
+    load_teacher,
+    word_kd_loss,
+)
+from fairseq_seqkd.errors import UserError
+
+PAD = 1
+LS_CE = ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
+WORD_KD = ["--criterion", "word_kd", "--label-smoothing", "0.1"]
+
+
+def reference_loss(logits, ids, probs, target, alpha, tau, eps):
+    """Word-KD loss token by token, straight from the definition (float64)."""
+    vocab = logits.size(-1)
+    total, nll_sum, kd_sum = 0.0, 0.0, 0.0
+    for b in range(logits.size(0)):
+        for t in range(logits.size(1)):
+            y = int(target[b, t])
+            if y == PAD:
+                continue
+            lp = F.log_softmax(logits[b, t], dim=-1)
+            eps_i = eps / (vocab - 1)
+            ls = (1 - eps - eps_i) * -lp[y] + eps_i * -lp.sum()
+            support = range(vocab) if ids is None else ids[b, t].tolist()
+            weights = probs[b, t] ** (1.0 / tau)
+            q = weights / weights.sum()
+            lp_tau = F.log_softmax(logits[b, t] / tau, dim=-1)
+            kd = -(tau**2) * sum(q[j] * lp_tau[v] for j, v in enumerate(support))
+            total = total + (1 - alpha) * ls + alpha * kd
+            nll_sum, kd_sum = nll_sum + -lp[y], kd_sum + kd
+    return total, nll_sum, kd_sum
+
+
+@pytest.mark.parametrize("tau,eps,topk", [(1.0, 0.0, 4), (2.0, 0.1, 4), (1.5, 0.1, None)])
+def test_loss_matches_plain_reference_computation(tau, eps, topk):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(2, 11, (2, 5), generator=g)
+    target[0, 3:] = PAD
+    teacher = torch.softmax(torch.randn(2, 5, 11, generator=g, dtype=torch.float64) * 2, dim=-1)
+    if topk:
+        probs, ids = teacher.topk(topk, dim=-1)  # unnormalised, like a cache
+    else:
+        probs, ids = teacher, None
+    loss, nll, kd = word_kd_loss(F.log_softmax(logits, -1), ids, probs, target, PAD, 0.5, tau, eps)
+    ref_loss, ref_nll, ref_kd = reference_loss(logits, ids, probs, target, 0.5, tau, eps)
+    for got, want in [(loss, ref_loss), (nll, ref_nll), (kd, ref_kd)]:
+        assert torch.allclose(got, want, rtol=1e-10), (got, want)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (ref_grad,) = torch.autograd.grad(ref_loss, logits)
+    assert torch.allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
+    assert grad[0, 3:].abs().sum() == 0, "padding positions get no gradient"
+    per_token = kd_cross_entropy(F.log_softmax(logits, -1), ids, probs, tau)
+    assert per_token.shape == (2, 5) and torch.allclose(per_token[target.ne(PAD)].sum(), kd)
+
+
+def test_without_teacher_the_loss_is_label_smoothed_nll():
+    lprobs = F.log_softmax(torch.randn(3, 7, dtype=torch.float64), -1)
+    target = torch.tensor([2, 5, PAD])
+    loss, nll, kd = word_kd_loss(lprobs, None, None, target, PAD, 0.5, 2.0, 0.1)
+    assert kd is None
+    ref, ref_nll, _ = reference_loss(lprobs[None], None, torch.ones(1, 3, 7), target[None], 0.0, 1.0, 0.1)
+    assert torch.allclose(loss, ref) and torch.allclose(nll, ref_nll)
+
+
+@pytest.fixture(scope="module")
+def caches(toy_data_bin, toy_teacher, tmp_path_factory) -> dict[str, Path]:
+    """Valid-split caches at k=8 and at k = vocabulary size."""
+    out = {"k8": tmp_path_factory.mktemp("kd_cache8"), "full": tmp_path_factory.mktemp("kd_cache_full")}
+    build(toy_data_bin, toy_teacher, out["k8"], topk=8)
+    build(toy_data_bin, toy_teacher, out["full"], topk=100_000)  # clamped to the vocabulary
+    return out
+
+
+def criterion(task, data, *argv):
+    """A criterion built by the task from command-line options, as fairseq-train builds it."""
+    cfg, _ = kd_task(data, *argv)
+    return task.build_criterion(cfg.criterion)
+
+
+def word_kd(task, alpha=0.5, tau=1.0, topk=0, teacher=None, eps=0.1) -> WordKDCriterion:
+    """The word_kd criterion built directly (no option parsing: faster)."""
+    return WordKDCriterion(task, sentence_avg=False, label_smoothing=eps, kd_alpha=alpha, kd_temperature=tau,
+                           kd_topk=topk, teacher_path=None if teacher is None else str(teacher))
+
+
+def ls_ce(task) -> LabelSmoothedCrossEntropyCriterion:
+    """fairseq's label_smoothed_cross_entropy, epsilon 0.1."""
+    return LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
+
+
+def test_alpha_zero_equals_label_smoothed_cross_entropy(toy_data_bin, caches):
+    cfg, task = kd_task(toy_data_bin, "--teacher-cache", caches["k8"])
+    task.load_dataset("valid")
+    student = task.build_model(cfg.model).eval()
+    # both built from their command-line options, as fairseq-train builds them
+    kd = criterion(task, toy_data_bin, *WORD_KD, "--kd-alpha", "0", "--kd-temperature", "2")
+    ce = criterion(task, toy_data_bin, *LS_CE)
+    for sample in batches(task, "valid")[:3]:
+        assert TEACHER_PROBS_KEY in sample
+        loss, size, log = kd(student, sample)
+        ref_loss, ref_size, ref_log = ce(student, sample)
+        assert torch.equal(loss, ref_loss) and size == ref_size
+        assert torch.equal(log["nll_loss"], ref_log["nll_loss"])
+        assert log["kd_loss"] > 0  # still logged
+
+
+def test_cache_with_k_equal_vocabulary_gives_the_online_teachers_loss(toy_data_bin, toy_teacher, caches):
+    cfg, task = kd_task(toy_data_bin, "--teacher-cache", caches["full"])
+    task.load_dataset("valid")
+    assert task.dataset("valid").cache.k == len(task.target_dictionary)
+    torch.manual_seed(3)
+    student = task.build_model(cfg.model).eval()
+    samples = batches(task, "valid")[:3]
+    for tau in (1.0, 2.0):
+        cached, online = word_kd(task, tau=tau), word_kd(task, tau=tau, teacher=toy_teacher)
+        for sample in samples:
+            plain = {k: v for k, v in sample.items() if k not in (TEACHER_IDS_KEY, TEACHER_PROBS_KEY)}
+            loss, _, log = cached(student, sample)
+            ref_loss, _, ref_log = online(student, plain)
+            assert torch.allclose(log["kd_loss"], ref_log["kd_loss"], rtol=1e-3)  # float16 cache vs float32
+            assert torch.allclose(loss, ref_loss, rtol=1e-3)
+            assert torch.equal(log["nll_loss"], ref_log["nll_loss"])
+
+
+def test_top_k_cache_gives_the_online_teachers_top_k_loss(toy_data_bin, toy_teacher, caches):
+    cfg, task = kd_task(toy_data_bin, "--teacher-cache", caches["k8"])
+    task.load_dataset("valid")
+    student = task.build_model(cfg.model).eval()
+    cached, online = word_kd(task, alpha=1.0, topk=5), word_kd(task, alpha=1.0, topk=5, teacher=toy_teacher)
+    sample = batches(task, "valid")[0]
+    plain = {k: v for k, v in sample.items() if k not in (TEACHER_IDS_KEY, TEACHER_PROBS_KEY)}
+    assert torch.allclose(cached(student, sample)[0], online(student, plain)[0], rtol=1e-3)
+    too_many = word_kd(task, topk=9)
+    with pytest.raises(UserError, match="--kd-topk 9 exceeds the k=8 the teacher cache holds"):
+        too_many(student, sample)
+
+
+def test_training_without_a_teacher_is_an_error_validation_falls_back_to_nll(toy_data_bin):
+    cfg, task = kd_task(toy_data_bin)
+    task.load_dataset("valid")
+    student = task.build_model(cfg.model)
+    kd, ce = word_kd(task), ls_ce(task)
+    sample = batches(task, "valid")[0]
+    with pytest.raises(UserError, match="no teacher for this training batch.*--teacher-cache DIR"):
+        kd(student.train(), sample)
+    loss, _, log = kd(student.eval(), sample)
+    assert torch.equal(loss, ce(student, sample)[0]) and "kd_loss" not in log
+
+
+def test_online_teacher_with_another_dictionary_is_a_clear_error(toy_data_bin, toy_teacher):
+    _, task = kd_task(toy_data_bin)
+    dict_file = str(toy_data_bin / "dict.de.txt")
+    swapped = Dictionary.load(dict_file)
+    a, b = swapped.symbols[10], swapped.symbols[11]
+    swapped.symbols[10], swapped.symbols[11] = b, a
+    swapped.indices[a], swapped.indices[b] = 11, 10
+    with pytest.raises(UserError, match=rf"trained with dictionary {re.escape(dict_file)}, which differs "
+                                        rf"from this data's target dictionary \(symbol 10 is '{a}' instead "
+                                        rf"of '{b}'\)"):
+        load_teacher(str(toy_teacher), TranslationTask(task.cfg, swapped, swapped))
+    bigger = Dictionary.load(dict_file)
+    bigger.add_symbol("zzz-new-word")
+    with pytest.raises(UserError, match=rf"output vocabulary has {len(bigger) - 1} entries but the target "
+                                        rf"dictionary of this data has {len(bigger)}"):
+        load_teacher(str(toy_teacher), TranslationTask(task.cfg, bigger, bigger))
+
+
+def test_fairseq_train_word_kd_from_the_cache_with_a_data_worker(toy_data_bin, toy_teacher, tmp_path):
+    cache, save = tmp_path / "cache", tmp_path / "student"
+    # the command a recipe runs (in process here); valid gets no cache, so the online teacher
+    # serves validation
+    assert cli.main(["cache", str(toy_data_bin), "--path", str(toy_teacher), "--split", "train",
+                     "--out", str(cache), "--topk", "8", "--max-tokens", "2000", "--no-progress-bar"]) == 0
+    common = [a for a in TRAIN_COMMON if a != "--disable-validation"]
+    common[common.index("--num-workers") + 1] = "1"
+    proc = run_cli("fairseq-train", toy_data_bin, "--user-dir", plugin_dir(), "--task", "translation_kd",
+                   "--teacher-cache", cache, "--criterion", "word_kd", "--kd-alpha", "0.5",
+                   "--label-smoothing", "0.1", "--teacher-path", toy_teacher, *TINY_TRANSFORMER, *common,
+                   "--max-update", "4", "--log-interval", "2", "--save-dir", save)
+    log = proc.stdout + proc.stderr
+    assert "teacher cache" in log and "800 sentences" in log
+    train = [line for line in log.splitlines() if "| train |" in line or "train_inner" in line]
+    valid = [line for line in log.splitlines() if "valid on 'valid' subset" in line]
+    assert train and all(re.search(r"nll_loss.*kd_loss.*ppl", line) for line in train), log[-3000:]
+    assert valid and re.search(r"nll_loss [\d.]+ \| kd_loss [\d.]+ \| ppl", valid[-1]), valid
+    state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert not state.get("criterion"), "the teacher must not be saved with the student"
+    teacher_state = torch.load(toy_teacher, map_location="cpu", weights_only=True)
+    assert state["model"].keys() == teacher_state["model"].keys()
