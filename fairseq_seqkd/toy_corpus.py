@@ -56,6 +56,16 @@ PREPOSITIONS = {
     "behind": (["hinter"], [1.0]), "under": (["unter"], [1.0]),
 }
 DETERMINERS = {"the": (["der"], [1.0]), "a": (["ein"], [1.0]), "every": (["jeder"], [1.0])}
+# Grammatical gender of each target noun: the determiner and the adjective endings agree with it,
+# so they depend on a word that comes later (and on which synonym was chosen), as in German.
+GENDER = {
+    "f": "katze frau stadt schule strasse gasse tuer".split(),
+    "n": "haus auto kind buch pferd schiff boot fenster brot lied maedchen".split(),
+}
+DETERMINER_FORMS = {  # nominative, by gender m / f / n
+    "der": ("der", "die", "das"), "ein": ("ein", "eine", "ein"), "jeder": ("jeder", "jede", "jedes"),
+}
+INDEFINITE_ENDINGS = ("er", "e", "es")  # after ein/eine/ein; after definite determiners always "e"
 CONJUNCTIONS = {"and": (["und"], [1.0]), "but": (["aber", "doch"], [0.7, 0.3])}
 VERY = (["sehr", "ganz", ""], [0.6, 0.25, 0.15])  # the empty choice: an optional word
 
@@ -69,6 +79,15 @@ class ToySplit:
 
     source: list[str]
     target: list[str]
+
+
+def _gender(noun: str) -> int:
+    return 1 if noun in GENDER["f"] else 2 if noun in GENDER["n"] else 0
+
+
+def _inflect(adjective: str, determiner: str, gender: int) -> str:
+    ending = INDEFINITE_ENDINGS[gender] if determiner == "ein" else "e"
+    return adjective + (ending[1:] if adjective.endswith("e") else ending)
 
 
 def _pick(rng: random.Random, entry: tuple[list[str], list[float]]) -> str:
@@ -99,8 +118,12 @@ class _Generator:
         if len(tgt_adjs) == 2 and rng.random() < P_ADJ_SWAP:
             tgt_adjs.reverse()
         src.append(noun)
-        tgt = [_pick(rng, DETERMINERS[det])] + [w for a in tgt_adjs for w in a] + [_pick(rng, NOUNS[noun])]
-        return src, tgt
+        noun_t = _pick(rng, NOUNS[noun])
+        gender = _gender(noun_t)
+        det_t = _pick(rng, DETERMINERS[det])
+        adjs_t = [w if i < len(a) - 1 else _inflect(w, det_t, gender)  # 'sehr' does not inflect
+                  for a in tgt_adjs for i, w in enumerate(a)]
+        return src, [DETERMINER_FORMS[det_t][gender]] + adjs_t + [noun_t]
 
     def clause(self) -> tuple[list[str], list[str]]:
         rng = self.rng
@@ -143,7 +166,7 @@ def generate_split(n: int, seed: int) -> ToySplit:
     return ToySplit([s for s, _ in pairs], [t for _, t in pairs])
 
 
-DEFAULT_SIZES = {"train": 20000, "valid": 500, "test": 500}
+DEFAULT_SIZES = {"train": 15000, "valid": 500, "test": 500}
 
 
 def write_corpus(out_dir: str, sizes: dict[str, int] | None = None, seed: int = 1,

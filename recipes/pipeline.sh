@@ -28,7 +28,6 @@ KD_ALPHA="${KD_ALPHA:-0.5}"
 KD_TOPK="${KD_TOPK:-8}"
 PRUNE_RATIO="${PRUNE_RATIO:-0.8}"
 PRUNE_SCHEME="${PRUNE_SCHEME:-class-blind}"
-PRUNE_STEPS="${PRUNE_STEPS:-$FINETUNE_STEPS}"
 PRUNE_CURVE="${PRUNE_CURVE:-0.5 0.6 0.7 0.8 0.9}"
 NUM_SHARDS="${NUM_SHARDS:-1}"
 BLEU_TOKENIZE="${BLEU_TOKENIZE:-13a}"
@@ -37,8 +36,6 @@ STAGES="${STAGES:-data teacher baseline word_kd seq_kd seq_inter combined pruned
 
 # fairseq drops up to 7 sentences per split unless the batch size multiple is 1.
 NO_DROP="--required-batch-size-multiple 1"
-POST_ARGS=()
-[ -n "$POST_PROCESS" ] && POST_ARGS=(--post-process "$POST_PROCESS")
 
 log() { printf '%s | pipeline | %s\n' "$(date '+%F %T')" "$*" >&2; }
 
@@ -102,6 +99,29 @@ evaluate() {  # evaluate NAME CKPT: BLEU greedy and beam 5, perplexity, paramete
     --results-dir "$RUN/results"
 }
 
+# check_export: the exported student runs in stock fairseq-generate (no --user-dir, task
+# translation) on every test sentence.
+check_export() {
+  # shellcheck disable=SC2086
+  fairseq-generate "$RUN/data-bin" --task translation --source-lang "$SRC" --target-lang "$TGT" \
+    --path "$RUN/export/student.pt" --gen-subset test --beam 1 $GEN_ARGS $DEVICE_ARGS $NO_DROP \
+    "${POST_ARGS[@]}" >"$RUN/eval/export.stock-fairseq.txt" 2>&1
+  fairseq-seqkd evaluate "$RUN/eval/export.stock-fairseq.txt" --ref "$TEST_REF" --src "$TEST_SRC" \
+    --name stock_fairseq --decoding greedy --tokenize "$BLEU_TOKENIZE" --results-dir "$RUN/eval/export-check"
+}
+
+evaluate_ct2() {  # evaluate_ct2 NAME CT2_DIR CKPT: the deployed student, greedy and beam 5
+  local name="$1" model="$2" ckpt="$3" dec beam
+  for dec in greedy beam; do
+    beam=1; [ "$dec" = beam ] && beam=5
+    fairseq-seqkd ct2-translate "$model" "$TOK/test.$SRC" --out "$RUN/eval/$name.$dec.txt" --beam "$beam" \
+      --batch-size 128 ${POST_PROCESS:+--post-process "$POST_PROCESS"}
+    fairseq-seqkd evaluate "$RUN/eval/$name.$dec.txt" --ref "$TEST_REF" --src "$TEST_SRC" --name "$name" \
+      --decoding "$dec" --tokenize "$BLEU_TOKENIZE" --results-dir "$RUN/results"
+  done
+  fairseq-seqkd evaluate --name "$name" --checkpoint "$ckpt" --results-dir "$RUN/results"
+}
+
 best() { echo "$RUN/$1/checkpoint_best.pt"; }
 
 # shards_to_run: the shard ids this process generates (SHARD_ID set: that one, e.g. a SLURM array task)
@@ -150,6 +170,9 @@ seqkd_pipeline() {
   : "${RUN:?}" "${TOK:?}" "${SRC:?}" "${TGT:?}" "${TEST_REF:?}" "${TEST_SRC:?}"
   : "${TEACHER_ARCH:?}" "${STUDENT_ARCH:?}" "${TRAIN_ARGS:?}" "${TEACHER_STEPS:?}" "${STUDENT_STEPS:?}"
   : "${FINETUNE_STEPS:?}"
+  PRUNE_STEPS="${PRUNE_STEPS:-$FINETUNE_STEPS}"
+  POST_ARGS=()
+  [ -n "$POST_PROCESS" ] && POST_ARGS=(--post-process "$POST_PROCESS")
   mkdir -p "$RUN"
   log "run folder: $RUN"
   local kd=(--criterion word_kd --kd-alpha "$KD_ALPHA")
@@ -206,6 +229,8 @@ seqkd_pipeline() {
   if want export; then
     run_stage export fairseq-seqkd export "$(best pruned)" --out "$RUN/export/student.pt" \
       --ct2 "$RUN/export/ct2-int8" --quantization int8
+    run_stage export.check check_export
+    run_stage export.eval evaluate_ct2 pruned_ct2_int8 "$RUN/export/ct2-int8" "$RUN/export/student.pt"
   fi
   if want report; then
     fairseq-seqkd report "$RUN" ${PAPER:+--paper "$PAPER"} >"$RUN/logs/report.log"
