@@ -29,10 +29,14 @@ class GenerateOutput:
     tokens: int | None = None
 
 
-def parse_generate_output(path: str) -> GenerateOutput:
-    """Read S-/D- lines (first D- line per id is the 1-best) and the 'Translated ...' line."""
+def parse_generate_output(path: str, log: str | None = None) -> GenerateOutput:
+    """Read S-/D- lines (first D- line per id is the 1-best) and the 'Translated ...' line.
+
+    fairseq-generate prints hypotheses on stdout and its timing on stderr; ``log`` is the file
+    that holds stderr when it was kept apart (so no log line can land inside a hypothesis).
+    """
     out = GenerateOutput(path)
-    for line in read_lines(path):
+    for line in read_lines(path) + (read_lines(log) if log else []):
         tag, _, rest = line.partition("\t")
         if tag.startswith("S-"):
             out.sources[int(tag[2:])] = rest
@@ -56,14 +60,15 @@ def ordered_hypotheses(gen: GenerateOutput, expected: int) -> list[str]:
     if missing or extra:
         raise UserError(
             f"{gen.path}: fairseq-generate printed {len(gen.hypotheses)} hypotheses for a test set "
-            f"of {expected} sentences (missing ids: {_ids(missing)}; unexpected ids: {_ids(extra)}). "
+            f"of {expected} sentences (missing ids: {format_ids(missing)}; unexpected ids: {format_ids(extra)}). "
             "fairseq drops sentences unless told not to: rerun fairseq-generate with "
             "--required-batch-size-multiple 1, and check that the reference file matches the split."
         )
     return [gen.hypotheses[i] for i in range(expected)]
 
 
-def _ids(ids: list[int], limit: int = 10) -> str:
+def format_ids(ids: list[int], limit: int = 10) -> str:
+    """A short list of sentence ids for an error message: the first ``limit``, then the count."""
     if not ids:
         return "none"
     shown = ", ".join(map(str, ids[:limit]))
@@ -87,12 +92,12 @@ def parse_ppl(validate_log: str) -> float:
 
 
 def evaluate_generation(gen_path: str, ref_path: str, src_path: str | None = None,
-                        tokenize: str = "13a") -> dict:
+                        tokenize: str = "13a", log_path: str | None = None) -> dict:
     """BLEU (sacrebleu, with signature), sentence count and source words/s of one generate run."""
     from sacrebleu.metrics import BLEU
 
     refs = read_lines(ref_path)
-    gen = parse_generate_output(gen_path)
+    gen = parse_generate_output(gen_path, log_path)
     hyps = ordered_hypotheses(gen, len(refs))
     bleu = BLEU(tokenize=tokenize)
     score = bleu.corpus_score(hyps, [refs])

@@ -78,7 +78,7 @@ generate() {  # generate CKPT SUBSET BEAM OUT [extra options]: every sentence, 1
   # shellcheck disable=SC2086
   fairseq-generate "$RUN/data-bin" --user-dir "$PLUGIN" --task translation_kd --source-lang "$SRC" \
     --target-lang "$TGT" --path "$ckpt" --gen-subset "$subset" --beam "$beam" --nbest 1 \
-    $GEN_ARGS $DEVICE_ARGS $NO_DROP "$@" >"$out.tmp" 2>&1
+    $GEN_ARGS $DEVICE_ARGS $NO_DROP "$@" >"$out.tmp" 2>"$out.log"
   mv "$out.tmp" "$out"
 }
 
@@ -88,7 +88,7 @@ evaluate() {  # evaluate NAME CKPT: BLEU greedy and beam 5, perplexity, paramete
   for dec in greedy beam; do
     beam=1; [ "$dec" = beam ] && beam=5
     generate "$ckpt" test "$beam" "$RUN/eval/$name.$dec.txt" "${POST_ARGS[@]}"
-    fairseq-seqkd evaluate "$RUN/eval/$name.$dec.txt" --ref "$TEST_REF" --src "$TEST_SRC" --name "$name" \
+    fairseq-seqkd evaluate "$RUN/eval/$name.$dec.txt" --log "$RUN/eval/$name.$dec.txt.log" --ref "$TEST_REF" --src "$TEST_SRC" --name "$name" \
       --decoding "$dec" --tokenize "$BLEU_TOKENIZE" --results-dir "$RUN/results"
   done
   # shellcheck disable=SC2086
@@ -105,8 +105,8 @@ check_export() {
   # shellcheck disable=SC2086
   fairseq-generate "$RUN/data-bin" --task translation --source-lang "$SRC" --target-lang "$TGT" \
     --path "$RUN/export/student.pt" --gen-subset test --beam 1 $GEN_ARGS $DEVICE_ARGS $NO_DROP \
-    "${POST_ARGS[@]}" >"$RUN/eval/export.stock-fairseq.txt" 2>&1
-  fairseq-seqkd evaluate "$RUN/eval/export.stock-fairseq.txt" --ref "$TEST_REF" --src "$TEST_SRC" \
+    "${POST_ARGS[@]}" >"$RUN/eval/export.stock-fairseq.txt" 2>"$RUN/eval/export.stock-fairseq.log"
+  fairseq-seqkd evaluate "$RUN/eval/export.stock-fairseq.txt" --log "$RUN/eval/export.stock-fairseq.log" --ref "$TEST_REF" --src "$TEST_SRC" \
     --name stock_fairseq --decoding greedy --tokenize "$BLEU_TOKENIZE" --results-dir "$RUN/eval/export-check"
 }
 
@@ -160,7 +160,7 @@ prune_curve() {  # offline pruning at several ratios, no retraining: the pruning
     for dec in greedy beam; do
       beam=1; [ "$dec" = beam ] && beam=5
       generate "$RUN/curve/r$r.pt" test "$beam" "$RUN/curve/r$r.$dec.txt" "${POST_ARGS[@]}"
-      fairseq-seqkd evaluate "$RUN/curve/r$r.$dec.txt" --ref "$TEST_REF" --src "$TEST_SRC" --name "r$r" \
+      fairseq-seqkd evaluate "$RUN/curve/r$r.$dec.txt" --log "$RUN/curve/r$r.$dec.txt.log" --ref "$TEST_REF" --src "$TEST_SRC" --name "r$r" \
         --decoding "$dec" --tokenize "$BLEU_TOKENIZE" --set "prune_ratio=$r" --results-dir "$RUN/results/curve"
     done
   done

@@ -19,6 +19,7 @@ HELP = ("score a fairseq-generate output against the reference (sacrebleu, every
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("gen_output", nargs="?", help="stdout of fairseq-generate (S-/H-/D- lines)")
     p.add_argument("--ref", help="reference file, one detokenized sentence per line (needed with gen_output)")
+    p.add_argument("--log", help="stderr of fairseq-generate, where its timing line is (default: gen_output)")
     p.add_argument("--src", help="source file: its words are what words/s counts (default: the S- lines)")
     p.add_argument("--name", required=True, help="system name, e.g. teacher, baseline, seq_kd")
     p.add_argument("--decoding", choices=["greedy", "beam"], help="which decoding gen_output used")
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.gen_output:
         if not args.ref or not args.decoding:
             raise SystemExit("evaluate: gen_output needs --ref and --decoding")
-        res = evaluate_generation(args.gen_output, args.ref, args.src, args.tokenize)
+        res = evaluate_generation(args.gen_output, args.ref, args.src, args.tokenize, args.log)
         values.update({f"bleu_{args.decoding}": res["bleu"],
                        f"words_per_s_{args.decoding}": res["words_per_s"],
                        "bleu_signature": res["bleu_signature"], "sentences": res["sentences"]})
