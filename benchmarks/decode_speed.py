@@ -77,7 +77,7 @@ def build(data_dir: str, size: dict, seed: int):
     return cfg, task, model
 
 
-def make_batches(task, model, n: int, seed: int) -> list[dict]:
+def make_batches(task, model, n: int, seed: int, max_tokens: int = 12000) -> list[dict]:
     """``n`` random sources of 20-30 tokens, batched as fairseq-generate batches by default."""
     from fairseq import utils
 
@@ -88,7 +88,7 @@ def make_batches(task, model, n: int, seed: int) -> list[dict]:
                           torch.tensor([d.eos()])]) for k in lengths]
     dataset = task.build_dataset_for_inference(sources, [len(s) for s in sources])
     itr = task.get_batch_iterator(
-        dataset=dataset, max_tokens=12000, max_sentences=None,
+        dataset=dataset, max_tokens=max_tokens, max_sentences=None,
         max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
         required_batch_size_multiple=1, seed=1, num_shards=1, shard_id=0, num_workers=0,
     ).next_epoch_itr(shuffle=False)

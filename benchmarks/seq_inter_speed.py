@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from decode_speed import build, write_dictionary  # noqa: E402  (the same random-weight model builder)
+from decode_speed import build, make_batches, write_dictionary  # noqa: E402  (the same model builder)
 
 TARGETS = {"overhead": 0.05, "bleu_speedup_vs_sacrebleu": 10.0, "bleu_max_abs_diff": 1e-9}
 MODEL = dict(layers=2, dim=256, ffn=1024, heads=4)
@@ -62,26 +62,6 @@ MODEL = dict(layers=2, dim=256, ffn=1024, heads=4)
 def log(msg: str) -> None:
     """Progress on stderr; stdout ends with the JSON line."""
     print(f"seq_inter_speed: {msg}", file=sys.stderr, flush=True)
-
-
-def make_batches(task, model, n: int, max_tokens: int, seed: int) -> list[dict]:
-    """``n`` random sources of 20-30 tokens, batched by fairseq's iterator (none lost)."""
-    from fairseq import utils
-
-    d = task.source_dictionary
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(20, 31, (n,), generator=g)
-    sources = [torch.cat([torch.randint(d.nspecial, len(d), (int(k),), generator=g),
-                          torch.tensor([d.eos()])]) for k in lengths]
-    dataset = task.build_dataset_for_inference(sources, [len(s) for s in sources])
-    itr = task.get_batch_iterator(
-        dataset=dataset, max_tokens=max_tokens, max_sentences=None,
-        max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
-        required_batch_size_multiple=1, seed=1, num_shards=1, shard_id=0, num_workers=0,
-    ).next_epoch_itr(shuffle=False)
-    batches = list(itr)
-    assert sum(len(b["id"]) for b in batches) == n, "fairseq's batching lost sentences"
-    return batches
 
 
 def add_references(task, generator, model, batches: list[dict], seed: int) -> None:
@@ -138,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     beam = task.build_generator([model], gen_args)
     bleu = SentenceBLEU()
     inter = SeqInterGenerator(beam, task.target_dictionary, bleu)
-    batches = make_batches(task, model, n, args.max_tokens, seed=3)
+    batches = make_batches(task, model, n, seed=3, max_tokens=args.max_tokens)
     d = task.target_dictionary
     with torch.no_grad():
         add_references(task, beam, model, batches, seed=4)  # also the warm-up run

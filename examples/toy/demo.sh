@@ -16,7 +16,7 @@ BLEU_TOKENIZE=none         # whitespace tokens are the words
 
 # teacher 2+2 layers d=128; students 1+1 layers d=64 (half the depth and width, as in the paper)
 TEACHER_ARCH="--arch transformer --share-all-embeddings --encoder-layers 2 --decoder-layers 2
-  --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 256 --decoder-ffn-embed-dim 256
+  --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
   --encoder-attention-heads 4 --decoder-attention-heads 4 --dropout 0.1"
 STUDENT_ARCH="--arch transformer --share-all-embeddings --encoder-layers 1 --decoder-layers 1
   --encoder-embed-dim 64 --decoder-embed-dim 64 --encoder-ffn-embed-dim 128 --decoder-ffn-embed-dim 128
@@ -24,7 +24,7 @@ STUDENT_ARCH="--arch transformer --share-all-embeddings --encoder-layers 1 --dec
 TRAIN_ARGS="--optimizer adam --adam-betas (0.9,0.98) --lr 0.003 --lr-scheduler inverse_sqrt
   --warmup-updates 200 --max-tokens 4096 --criterion label_smoothed_cross_entropy --label-smoothing 0.1
   --log-interval 50 --no-progress-bar --seed 1 --num-workers 0"
-TEACHER_STEPS="--max-epoch 8"
+TEACHER_STEPS="--max-epoch 10 --lr 0.002"
 STUDENT_STEPS="--max-epoch 8"
 FINETUNE_STEPS="--max-epoch 2"
 SEQ_INTER_BEAM=8           # the paper's 35 is slow on CPU; the toy beam has few distinct candidates
