@@ -109,22 +109,25 @@ def plot(report: dict, out_dir: str) -> list[str]:
     systems = report["systems"]
     written = []
 
+    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(systems)}
+
     def scatter(xkey: str, xlabel: str, fname: str, logx: bool) -> None:
-        fig, ax = plt.subplots(figsize=(6, 4.2))
-        for decoding, marker in (("greedy", "o"), ("beam", "s")):
-            for name, r in systems.items():
+        # one colour per system, circle = greedy (K=1), square = beam 5 (K=5); a legend, not labels
+        fig, ax = plt.subplots(figsize=(8, 4.6))
+        for name, r in systems.items():
+            for decoding, marker in (("greedy", "o"), ("beam", "s")):
                 x = r.get(xkey.format(decoding=decoding))
                 y = r.get(f"bleu_{decoding}")
                 if x is None or y is None:
                     continue
-                ax.scatter([x], [y], marker=marker, label=None)
-                ax.annotate(f"{LABELS.get(name, name)} ({'K=1' if decoding == 'greedy' else 'K=5'})", (x, y),
-                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+                label = f"{LABELS.get(name, name)} ({'K=1' if decoding == 'greedy' else 'K=5'})"
+                ax.scatter([x], [y], marker=marker, s=45, color=colors[name], label=label)
         if logx:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("BLEU")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.tight_layout()
         path = os.path.join(out_dir, fname)
         _save(fig, path)
@@ -136,15 +139,14 @@ def plot(report: dict, out_dir: str) -> list[str]:
     curve = report.get("pruning_curve") or []
     if curve:
         fig, ax = plt.subplots(figsize=(6, 4.2))
-        for key, label in (("bleu_greedy", "pruned, no retraining (K=1)"),
-                           ("bleu_beam", "pruned, no retraining (K=5)")):
+        for key, label in (("bleu_greedy", "pruned, no retraining (K=1)"),):
             pts = [(float(c["prune_ratio"]) * 100, c[key]) for c in curve if c.get(key) is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=label)
         pruned = systems.get("pruned")
-        if pruned and pruned.get("bleu_beam") is not None and pruned.get("params"):
+        if pruned and pruned.get("bleu_greedy") is not None and pruned.get("params"):
             ratio = 100 * (1 - pruned["nonzero_params"] / pruned["params"])
-            ax.scatter([ratio], [pruned["bleu_beam"]], marker="*", s=120, color="k", label="retrained (K=5)")
+            ax.scatter([ratio], [pruned["bleu_greedy"]], marker="*", s=120, color="k", label="retrained (K=1)")
         ax.set_xlabel("weights pruned (%)")
         ax.set_ylabel("BLEU")
         ax.grid(alpha=0.3)

@@ -152,17 +152,15 @@ finetune() {
   train "$save" "$data" "$STUDENT_ARCH" "$steps" --finetune-from-model "$from" "$@"
 }
 
-prune_curve() {  # offline pruning at several ratios, no retraining: the pruning curve
+prune_curve() {  # offline pruning at several ratios, no retraining, greedy: the pruning curve
   local ckpt="$1" r
   mkdir -p "$RUN/curve"
   for r in $PRUNE_CURVE; do
     fairseq-seqkd prune "$ckpt" --ratio "$r" --scheme "$PRUNE_SCHEME" --out "$RUN/curve/r$r.pt"
-    for dec in greedy beam; do
-      beam=1; [ "$dec" = beam ] && beam=5
-      generate "$RUN/curve/r$r.pt" test "$beam" "$RUN/curve/r$r.$dec.txt" "${POST_ARGS[@]}"
-      fairseq-seqkd evaluate "$RUN/curve/r$r.$dec.txt" --log "$RUN/curve/r$r.$dec.txt.log" --ref "$TEST_REF" --src "$TEST_SRC" --name "r$r" \
-        --decoding "$dec" --tokenize "$BLEU_TOKENIZE" --set "prune_ratio=$r" --results-dir "$RUN/results/curve"
-    done
+    generate "$RUN/curve/r$r.pt" test 1 "$RUN/curve/r$r.greedy.txt" "${POST_ARGS[@]}"
+    fairseq-seqkd evaluate "$RUN/curve/r$r.greedy.txt" --log "$RUN/curve/r$r.greedy.txt.log" --ref "$TEST_REF" \
+      --src "$TEST_SRC" --name "r$r" --decoding greedy --tokenize "$BLEU_TOKENIZE" --set "prune_ratio=$r" \
+      --results-dir "$RUN/results/curve"
   done
 }
 

@@ -28,6 +28,7 @@ TEACHER_STEPS="--max-epoch 10 --lr 0.002"
 STUDENT_STEPS="--max-epoch 8"
 FINETUNE_STEPS="--max-epoch 2"
 SEQ_INTER_BEAM=8           # the paper's 35 is slow on CPU; the toy beam has few distinct candidates
+PRUNE_CURVE="0.6 0.8 0.9"    # offline pruning without retraining, for the pruning curve
 
 if [ ! -e "$RUN/.stages/corpus" ]; then
   fairseq-seqkd toy-corpus "$TOK"
