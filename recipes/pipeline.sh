@@ -83,20 +83,17 @@ generate() {  # generate CKPT SUBSET BEAM OUT [extra options]: every sentence, 1
 }
 
 evaluate() {  # evaluate NAME CKPT: BLEU greedy and beam 5, perplexity, parameters
-  local name="$1" ckpt="$2" dec beam
+  local name="$1" ckpt="$2"
   mkdir -p "$RUN/eval"
-  for dec in greedy beam; do
-    beam=1; [ "$dec" = beam ] && beam=5
-    generate "$ckpt" test "$beam" "$RUN/eval/$name.$dec.txt" "${POST_ARGS[@]}"
-    fairseq-seqkd evaluate "$RUN/eval/$name.$dec.txt" --log "$RUN/eval/$name.$dec.txt.log" --ref "$TEST_REF" --src "$TEST_SRC" --name "$name" \
-      --decoding "$dec" --tokenize "$BLEU_TOKENIZE" --results-dir "$RUN/results"
-  done
+  generate "$ckpt" test 1 "$RUN/eval/$name.greedy.txt" "${POST_ARGS[@]}"
+  generate "$ckpt" test 5 "$RUN/eval/$name.beam.txt" "${POST_ARGS[@]}"
   # shellcheck disable=SC2086
   fairseq-validate "$RUN/data-bin" --user-dir "$PLUGIN" --task translation_kd --source-lang "$SRC" \
     --target-lang "$TGT" --path "$ckpt" --valid-subset test --max-tokens 8000 $DEVICE_ARGS $NO_DROP \
     >"$RUN/eval/$name.validate.txt" 2>&1
-  fairseq-seqkd evaluate --name "$name" --checkpoint "$ckpt" --validate-log "$RUN/eval/$name.validate.txt" \
-    --results-dir "$RUN/results"
+  fairseq-seqkd evaluate --greedy-output "$RUN/eval/$name.greedy.txt" --beam-output "$RUN/eval/$name.beam.txt" \
+    --ref "$TEST_REF" --src "$TEST_SRC" --tokenize "$BLEU_TOKENIZE" --name "$name" --checkpoint "$ckpt" \
+    --validate-log "$RUN/eval/$name.validate.txt" --results-dir "$RUN/results"
 }
 
 # check_export: the exported student runs in stock fairseq-generate (no --user-dir, task
@@ -116,10 +113,10 @@ evaluate_ct2() {  # evaluate_ct2 NAME CT2_DIR CKPT: the deployed student, greedy
     beam=1; [ "$dec" = beam ] && beam=5
     fairseq-seqkd ct2-translate "$model" "$TOK/test.$SRC" --out "$RUN/eval/$name.$dec.txt" --beam "$beam" \
       --batch-size 128 ${POST_PROCESS:+--post-process "$POST_PROCESS"}
-    fairseq-seqkd evaluate "$RUN/eval/$name.$dec.txt" --ref "$TEST_REF" --src "$TEST_SRC" --name "$name" \
-      --decoding "$dec" --tokenize "$BLEU_TOKENIZE" --results-dir "$RUN/results"
   done
-  fairseq-seqkd evaluate --name "$name" --checkpoint "$ckpt" --results-dir "$RUN/results"
+  fairseq-seqkd evaluate --greedy-output "$RUN/eval/$name.greedy.txt" --beam-output "$RUN/eval/$name.beam.txt" \
+    --ref "$TEST_REF" --src "$TEST_SRC" --tokenize "$BLEU_TOKENIZE" --name "$name" --checkpoint "$ckpt" \
+    --results-dir "$RUN/results"
 }
 
 best() { echo "$RUN/$1/checkpoint_best.pt"; }

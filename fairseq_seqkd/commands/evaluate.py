@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from fairseq_seqkd.evaluation import (
     count_parameters,
@@ -23,6 +24,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--src", help="source file: its words are what words/s counts (default: the S- lines)")
     p.add_argument("--name", required=True, help="system name, e.g. teacher, baseline, seq_kd")
     p.add_argument("--decoding", choices=["greedy", "beam"], help="which decoding gen_output used")
+    p.add_argument("--greedy-output", help="fairseq-generate output with beam 1 (its stderr in FILE.log if there)")
+    p.add_argument("--beam-output", help="fairseq-generate output with beam 5 (its stderr in FILE.log if there)")
     p.add_argument("--checkpoint", help="record params and non-zero params of this checkpoint")
     p.add_argument("--validate-log", help="record the perplexity printed by fairseq-validate")
     p.add_argument("--tokenize", default="13a",
@@ -34,12 +37,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     values: dict = {}
-    if args.gen_output:
-        if not args.ref or not args.decoding:
-            raise SystemExit("evaluate: gen_output needs --ref and --decoding")
-        res = evaluate_generation(args.gen_output, args.ref, args.src, args.tokenize, args.log)
-        values.update({f"bleu_{args.decoding}": res["bleu"],
-                       f"words_per_s_{args.decoding}": res["words_per_s"],
+    outputs = [(args.gen_output, args.decoding, args.log)] if args.gen_output else []
+    for path, decoding in ((args.greedy_output, "greedy"), (args.beam_output, "beam")):
+        if path:
+            outputs.append((path, decoding, path + ".log" if os.path.exists(path + ".log") else None))
+    for path, decoding, log in outputs:
+        if not args.ref or not decoding:
+            raise SystemExit("evaluate: a generation output needs --ref (and --decoding for gen_output)")
+        res = evaluate_generation(path, args.ref, args.src, args.tokenize, log)
+        values.update({f"bleu_{decoding}": res["bleu"],
+                       f"words_per_s_{decoding}": res["words_per_s"],
                        "bleu_signature": res["bleu_signature"], "sentences": res["sentences"]})
     if args.checkpoint:
         values.update(count_parameters(args.checkpoint))
