@@ -30,14 +30,14 @@ def _module(name: str):
     return importlib.import_module("fairseq_seqkd.commands." + name.replace("-", "_"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one subparser per available subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per subcommand (``only``: just that one, for speed)."""
     parser = argparse.ArgumentParser(
         prog="fairseq-seqkd",
         description="Sequence-level knowledge distillation (Kim & Rush, 2016) for fairseq.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    for name in [only] if only in SUBCOMMANDS else SUBCOMMANDS:
         try:
             mod = _module(name)
         except ModuleNotFoundError as e:
@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         stream=sys.stderr,
     )
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # importing a subcommand imports fairseq (seconds): build only the one asked for
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except UserError as e:

@@ -14,7 +14,9 @@
 #   SEQKD_BEAM (5), SEQ_INTER_BEAM (35), KD_ALPHA (0.5), KD_TOPK (8), PRUNE_RATIO (0.8),
 #   PRUNE_SCHEME (class-blind), PRUNE_STEPS, PRUNE_CURVE ("0.5 0.6 0.7 0.8 0.9"),
 #   NUM_SHARDS (1) and SHARD_ID (all shards when unset), PAPER (e.g. wmt14_en_de),
-#   STAGES (space-separated subset to run; default all), BLEU_TOKENIZE (13a).
+#   STAGES (space-separated subset to run; default all), BLEU_TOKENIZE (13a),
+#   TRAIN_LAUNCHER (prefix for fairseq-train, e.g. srun or "torchrun --no-python ..."),
+#   EXPORT_CT2 (1; 0 for lstm models, which CTranslate2 does not convert).
 
 set -euo pipefail
 
@@ -69,7 +71,7 @@ preprocess() {  # preprocess DEST [TRAINPREF]: binarize with one joined dictiona
 train() {  # train SAVE_DIR DATA ARCH STEPS [extra fairseq-train options...]
   local save="$1" data="$2" arch="$3" steps="$4"; shift 4
   # shellcheck disable=SC2086
-  fairseq-train "$data" --user-dir "$PLUGIN" --task translation_kd --source-lang "$SRC" --target-lang "$TGT" \
+  ${TRAIN_LAUNCHER:-} fairseq-train "$data" --user-dir "$PLUGIN" --task translation_kd --source-lang "$SRC" --target-lang "$TGT" \
     $arch $TRAIN_ARGS $steps $DEVICE_ARGS $NO_DROP --save-dir "$save" --no-epoch-checkpoints "$@"
 }
 
@@ -222,10 +224,16 @@ seqkd_pipeline() {
     run_stage pruned.eval evaluate pruned "$(best pruned)"
   fi
   if want export; then
-    run_stage export fairseq-seqkd export "$(best pruned)" --out "$RUN/export/student.pt" \
-      --ct2 "$RUN/export/ct2-int8" --quantization int8
+    if [ "${EXPORT_CT2:-1}" = 1 ]; then
+      run_stage export fairseq-seqkd export "$(best pruned)" --out "$RUN/export/student.pt" \
+        --ct2 "$RUN/export/ct2-int8" --quantization int8
+    else  # CTranslate2 converts fairseq transformers only (not lstm)
+      run_stage export fairseq-seqkd export "$(best pruned)" --out "$RUN/export/student.pt"
+    fi
     run_stage export.check check_export
-    run_stage export.eval evaluate_ct2 pruned_ct2_int8 "$RUN/export/ct2-int8" "$RUN/export/student.pt"
+    if [ "${EXPORT_CT2:-1}" = 1 ]; then
+      run_stage export.eval evaluate_ct2 pruned_ct2_int8 "$RUN/export/ct2-int8" "$RUN/export/student.pt"
+    fi
   fi
   if want report; then
     fairseq-seqkd report "$RUN" ${PAPER:+--paper "$PAPER"} >"$RUN/logs/report.log"
