@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.io_utils import atomic_write_text, read_lines
 
-_TIMING = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s")
+# fairseq-generate's closing line: sentences, then (where the line is whole) tokens and seconds
+TRANSLATED_LINE = re.compile(r"Translated ([\d,]+) sentences(?: \(([\d,]+) tokens\) in ([\d.]+)s)?")
 _PPL = re.compile(r"\|\s*ppl\s+([\d.]+)")
 
 
@@ -46,8 +47,8 @@ def parse_generate_output(path: str, log: str | None = None) -> GenerateOutput:
                 _score, _, text = rest.partition("\t")
                 out.hypotheses[sid] = text
         else:
-            m = _TIMING.search(line)
-            if m:
+            m = TRANSLATED_LINE.search(line)
+            if m and m.group(3):
                 out.tokens = int(m.group(2).replace(",", ""))
                 out.seconds = float(m.group(3))
     return out

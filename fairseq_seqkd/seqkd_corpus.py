@@ -51,13 +51,12 @@ from dataclasses import dataclass, field
 import torch
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.evaluation import format_ids
+from fairseq_seqkd.evaluation import TRANSLATED_LINE, format_ids
 from fairseq_seqkd.io_utils import read_lines
 
 EMPTY_POLICIES = ("reference", "drop", "error")
 SHARD_NAME = "shard{}.txt"
 _TAGGED = re.compile(r"^([A-Z])-(\d+)\t(.*)$")
-_TRANSLATED = re.compile(r"Translated ([\d,]+) sentences")
 
 
 @dataclass
@@ -115,7 +114,7 @@ def parse_generation(path: str) -> GenerationOutput:
             line = line.rstrip("\n")
             m = _TAGGED.match(line)
             if m is None:
-                t = _TRANSLATED.search(line)
+                t = TRANSLATED_LINE.search(line)
                 if t:
                     out.translated = int(t.group(1).replace(",", ""))
                 continue
