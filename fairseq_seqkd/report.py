@@ -12,6 +12,7 @@ import json
 import os
 
 from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.findings import check_findings, findings_markdown
 from fairseq_seqkd.io_utils import atomic_write_text
 
 # The systems of the paper's Table 1, in its order; a run may have any subset, plus extras.
@@ -43,7 +44,7 @@ PAPER = {
 
 
 def collect(run_dir: str) -> dict:
-    """Read ``RUN/results/*.json`` into ``{"systems": {...}, "pruning_curve": [...]}``."""
+    """Read ``RUN/results/*.json`` into ``{"systems": {...}, "pruning_curve": [...], "findings": [...]}``."""
     results_dir = os.path.join(run_dir, "results")
     files = sorted(glob.glob(os.path.join(results_dir, "*.json")))
     if not files:
@@ -57,7 +58,7 @@ def collect(run_dir: str) -> dict:
             for s in order}
     curve = [_load(p) for p in sorted(glob.glob(os.path.join(results_dir, "curve", "*.json")))]
     curve.sort(key=lambda r: float(r.get("prune_ratio", 0)))
-    return {"systems": full, "pruning_curve": curve}
+    return {"systems": full, "pruning_curve": curve, "findings": check_findings(full)}
 
 
 def _load(path: str) -> dict:
@@ -170,7 +171,7 @@ def write_report(run_dir: str, paper: str | None = None, plots: bool = True) -> 
     report = collect(run_dir)
     table = markdown_table(report, paper)
     pngs = plot(report, run_dir) if plots else []
-    md = "# Results\n\n" + table
+    md = "# Results\n\n" + table + "\n## The paper's findings in this run\n\n" + findings_markdown(report["findings"])
     if pngs:
         md += "\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pngs) + "\n"
     paths = {"markdown": os.path.join(run_dir, "report.md"), "json": os.path.join(run_dir, "report.json")}

@@ -1,0 +1,121 @@
+"""The paper's six findings, checked against the figures of one run.
+
+Kim & Rush (2016) report, on WMT14 En-De: (1) Seq-KD lifts the student's greedy BLEU well above a
+baseline student of the same size (+4.2); (2) a Seq-KD student decodes greedily almost as well as
+with beam search (18.9 vs 19.0); (3) Word-KD helps a little (+0.7 greedy); (4) Seq-KD, Seq-Inter
+and Word-KD together are best or close to it; (5) the student decodes greedily about 10 times
+faster than the teacher with beam search; (6) 80% of the student's weights can be pruned, and
+the student retrained, for a few tenths of BLEU.
+
+Each finding becomes a test with a threshold (the same ones the project's Multi30k run must
+pass): ``held`` is True or False, or None when the run lacks a system it needs. Only reads the
+report's ``systems`` (see ``fairseq_seqkd.report``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+COMBINED = "seq_kd_seq_inter_word_kd"
+STUDENTS = ["baseline", "word_kd", "seq_kd", "seq_inter", COMBINED]
+# thresholds, in BLEU points or ratios
+SEQ_KD_GAIN = 1.0  # (1) Seq-KD greedy >= baseline greedy + this
+GREEDY_GAP = 0.5  # (2) Seq-KD beam - greedy <= this
+CLOSE_TO_BEST = 0.5  # (4) combined within this of the best student, greedy and beam
+SPEEDUP = 10.0  # (5) student greedy words/s over teacher beam words/s
+PRUNE_LOSS = 0.5  # (6) pruned beam >= combined beam - this
+PRUNE_KEEP = 0.2  # (6) pruned non-zero parameters <= this x the combined student's
+
+
+def _get(systems: dict, name: str, key: str):
+    return (systems.get(name) or {}).get(key)
+
+
+def _seq_kd_gain(s: dict) -> tuple[bool, str] | None:
+    kd, base = _get(s, "seq_kd", "bleu_greedy"), _get(s, "baseline", "bleu_greedy")
+    if kd is None or base is None:
+        return None
+    return kd >= base + SEQ_KD_GAIN, f"Seq-KD {kd:.1f} vs baseline {base:.1f} greedy ({kd - base:+.1f}; paper +4.2)"
+
+
+def _greedy_gap(s: dict) -> tuple[bool, str] | None:
+    greedy, beam = _get(s, "seq_kd", "bleu_greedy"), _get(s, "seq_kd", "bleu_beam")
+    if greedy is None or beam is None:
+        return None
+    base = ""
+    bg, bb = _get(s, "baseline", "bleu_greedy"), _get(s, "baseline", "bleu_beam")
+    if bg is not None and bb is not None:
+        base = f"; baseline {bg:.1f} / {bb:.1f} ({bb - bg:+.1f})"
+    return beam - greedy <= GREEDY_GAP, (f"Seq-KD {greedy:.1f} greedy / {beam:.1f} beam ({beam - greedy:+.1f}; "
+                                         f"paper 18.9 / 19.0){base}")
+
+
+def _word_kd(s: dict) -> tuple[bool, str] | None:
+    kd, base = _get(s, "word_kd", "bleu_greedy"), _get(s, "baseline", "bleu_greedy")
+    if kd is None or base is None:
+        return None
+    return kd >= base, f"Word-KD {kd:.1f} vs baseline {base:.1f} greedy ({kd - base:+.1f}; paper +0.7)"
+
+
+def _combined_best(s: dict) -> tuple[bool, str] | None:
+    if _get(s, COMBINED, "bleu_greedy") is None:
+        return None
+    held, parts = True, []
+    for key, label in (("bleu_greedy", "greedy"), ("bleu_beam", "beam")):
+        others = {n: _get(s, n, key) for n in STUDENTS if n != COMBINED and _get(s, n, key) is not None}
+        mine = _get(s, COMBINED, key)
+        if not others or mine is None:
+            return None
+        best = max(others, key=others.get)
+        held = held and mine >= others[best] - CLOSE_TO_BEST
+        parts.append(f"{label}: combined {mine:.1f}, best other student {best} {others[best]:.1f}")
+    return held, "; ".join(parts)
+
+
+def _speedup(s: dict) -> tuple[bool, str] | None:
+    student, teacher = _get(s, "seq_kd", "words_per_s_greedy"), _get(s, "teacher", "words_per_s_beam")
+    if not student or not teacher:
+        return None
+    text = f"Seq-KD greedy {student:.0f} words/s vs teacher beam {teacher:.0f} ({student / teacher:.1f}x; paper 10x)"
+    deployed = _get(s, "pruned_ct2_int8", "words_per_s_greedy")
+    if deployed:
+        text += f"; pruned student in CTranslate2 int8 {deployed:.0f} words/s ({deployed / teacher:.1f}x)"
+    return student / teacher >= SPEEDUP, text
+
+
+def _pruning(s: dict) -> tuple[bool, str] | None:
+    pb, cb = _get(s, "pruned", "bleu_beam"), _get(s, COMBINED, "bleu_beam")
+    pn, cn = _get(s, "pruned", "nonzero_params"), _get(s, COMBINED, "nonzero_params")
+    if None in (pb, cb, pn, cn) or not cn:
+        return None
+    held = pb >= cb - PRUNE_LOSS and pn <= PRUNE_KEEP * cn
+    return held, (f"pruned {pb:.1f} vs unpruned {cb:.1f} beam ({pb - cb:+.1f}), "
+                  f"{pn / cn:.0%} of its weights non-zero (paper: 80% pruned for a few tenths)")
+
+
+FINDINGS: list[tuple[str, str, Callable[[dict], tuple[bool, str] | None]]] = [
+    ("seq_kd_gain", f"Seq-KD lifts greedy BLEU over the baseline student (by >= {SEQ_KD_GAIN})", _seq_kd_gain),
+    ("greedy_close_to_beam", f"The Seq-KD student's greedy is within {GREEDY_GAP} BLEU of its beam", _greedy_gap),
+    ("word_kd_helps", "Word-KD does not hurt greedy BLEU (paper: +0.7)", _word_kd),
+    ("combined_best", f"Seq-KD + Seq-Inter + Word-KD is best or within {CLOSE_TO_BEST} BLEU of the best student",
+     _combined_best),
+    ("student_faster", f"The student decodes greedily >= {SPEEDUP:.0f}x faster than the teacher's beam", _speedup),
+    ("pruning_cheap", f"80% pruned and retrained, the student loses <= {PRUNE_LOSS} BLEU (beam)", _pruning),
+]
+
+
+def check_findings(systems: dict) -> list[dict]:
+    """One entry per finding: ``{"id", "finding", "held", "measured"}`` (held None: not measured)."""
+    out = []
+    for fid, text, test in FINDINGS:
+        result = test(systems)
+        held, measured = (None, "not measured in this run") if result is None else result
+        out.append({"id": fid, "finding": text, "held": held, "measured": measured})
+    return out
+
+
+def findings_markdown(findings: list[dict]) -> str:
+    """A numbered list: each finding, held / did not hold / not measured, and the figures."""
+    verdict = {True: "**held**", False: "**did not hold**", None: "not measured"}
+    lines = [f"{i}. {f['finding']}: {verdict[f['held']]}. {f['measured']}." for i, f in enumerate(findings, 1)]
+    return "\n".join(lines) + "\n"
