@@ -41,7 +41,7 @@ NO_DROP="--required-batch-size-multiple 1"
 
 log() { printf '%s | pipeline | %s\n' "$(date '+%F %T')" "$*" >&2; }
 
-# run_stage NAME CMD...: run CMD unless NAME completed before; its log goes to $RUN/logs/NAME.log.
+# run_stage NAME CMD...: run CMD unless NAME completed before; its log is appended to $RUN/logs/NAME.log.
 run_stage() {
   local name="$1"; shift
   local marker="$RUN/.stages/$name"
@@ -49,7 +49,9 @@ run_stage() {
   mkdir -p "$RUN/.stages" "$RUN/logs"
   log "$name: running (log: $RUN/logs/$name.log)"
   local t0=$SECONDS
-  if ! "$@" >"$RUN/logs/$name.log" 2>&1; then
+  # appended, not overwritten: a resumed stage keeps the log of the attempt before it
+  printf '==== %s | %s\n' "$(date '+%F %T')" "$*" >>"$RUN/logs/$name.log"
+  if ! "$@" >>"$RUN/logs/$name.log" 2>&1; then
     log "$name: FAILED after $((SECONDS - t0)) s; last lines of $RUN/logs/$name.log:"
     tail -n 25 "$RUN/logs/$name.log" >&2
     return 1
