@@ -116,6 +116,6 @@ def check_findings(systems: dict) -> list[dict]:
 
 def findings_markdown(findings: list[dict]) -> str:
     """A numbered list: each finding, held / did not hold / not measured, and the figures."""
-    verdict = {True: "**held**", False: "**did not hold**", None: "not measured"}
-    lines = [f"{i}. {f['finding']}: {verdict[f['held']]}. {f['measured']}." for i, f in enumerate(findings, 1)]
+    verdict = {True: "**held**. ", False: "**did not hold**. ", None: ""}
+    lines = [f"{i}. {f['finding']}: {verdict[f['held']]}{f['measured']}." for i, f in enumerate(findings, 1)]
     return "\n".join(lines) + "\n"
