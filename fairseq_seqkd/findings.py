@@ -31,11 +31,18 @@ def _get(systems: dict, name: str, key: str):
     return (systems.get(name) or {}).get(key)
 
 
-def _seq_kd_gain(s: dict) -> tuple[bool, str] | None:
-    kd, base = _get(s, "seq_kd", "bleu_greedy"), _get(s, "baseline", "bleu_greedy")
-    if kd is None or base is None:
+def _greedy_over_baseline(s: dict, name: str, label: str, margin: float,
+                          paper: str) -> tuple[bool, str] | None:
+    """Whether ``name``'s greedy BLEU is at least the baseline's + ``margin`` (findings 1 and 3)."""
+    mine, base = _get(s, name, "bleu_greedy"), _get(s, "baseline", "bleu_greedy")
+    if mine is None or base is None:
         return None
-    return kd >= base + SEQ_KD_GAIN, f"Seq-KD {kd:.1f} vs baseline {base:.1f} greedy ({kd - base:+.1f}; paper +4.2)"
+    text = f"{label} {mine:.1f} vs baseline {base:.1f} greedy ({mine - base:+.1f}; paper {paper})"
+    return mine >= base + margin, text
+
+
+def _seq_kd_gain(s: dict) -> tuple[bool, str] | None:
+    return _greedy_over_baseline(s, "seq_kd", "Seq-KD", SEQ_KD_GAIN, "+4.2")
 
 
 def _greedy_gap(s: dict) -> tuple[bool, str] | None:
@@ -51,10 +58,7 @@ def _greedy_gap(s: dict) -> tuple[bool, str] | None:
 
 
 def _word_kd(s: dict) -> tuple[bool, str] | None:
-    kd, base = _get(s, "word_kd", "bleu_greedy"), _get(s, "baseline", "bleu_greedy")
-    if kd is None or base is None:
-        return None
-    return kd >= base, f"Word-KD {kd:.1f} vs baseline {base:.1f} greedy ({kd - base:+.1f}; paper +0.7)"
+    return _greedy_over_baseline(s, "word_kd", "Word-KD", 0.0, "+0.7")
 
 
 def _combined_best(s: dict) -> tuple[bool, str] | None:
