@@ -12,19 +12,18 @@ import json
 import os
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.findings import check_findings, findings_markdown
+from fairseq_seqkd.findings import COMBINED, STUDENTS, check_findings, findings_markdown
 from fairseq_seqkd.io_utils import atomic_write_text
 
 # The systems of the paper's Table 1, in its order; a run may have any subset, plus extras.
-SYSTEMS = ["teacher", "baseline", "word_kd", "seq_kd", "seq_inter", "seq_kd_seq_inter_word_kd",
-           "pruned", "pruned_ct2_int8"]
+SYSTEMS = ["teacher", *STUDENTS, "pruned", "pruned_ct2_int8"]
 LABELS = {
     "teacher": "Teacher",
     "baseline": "Baseline student",
     "word_kd": "Word-KD",
     "seq_kd": "Seq-KD",
     "seq_inter": "Seq-Inter",
-    "seq_kd_seq_inter_word_kd": "Seq-KD + Seq-Inter + Word-KD",
+    COMBINED: "Seq-KD + Seq-Inter + Word-KD",
     "pruned": "Pruned 80% (retrained)",
     "pruned_ct2_int8": "Pruned, CTranslate2 int8",
 }

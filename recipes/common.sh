@@ -63,6 +63,10 @@ transformer_train_args() {
   echo "--optimizer adam --adam-betas (0.9,0.98) --clip-norm 0.0 --lr $1 --lr-scheduler inverse_sqrt
     --warmup-updates $2 --weight-decay 0.0001 --criterion label_smoothed_cross_entropy --label-smoothing 0.1"
 }
+# transformer_finetune_args LR: fine-tunes continue at a fixed LR (a fresh inverse_sqrt schedule
+# would climb back to its peak and undo what the student learned; issue 7). The recipes use a
+# quarter of the peak: where inverse_sqrt stands after 16 times its warm-up.
+transformer_finetune_args() { echo "--lr-scheduler fixed --lr $1"; }
 # Logging, seed, and a checkpoint every N updates so a killed long run loses little.
 run_args() {
   echo "--log-interval 100 --no-progress-bar --seed 1 --save-interval-updates $1 --keep-interval-updates 1"

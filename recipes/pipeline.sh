@@ -16,7 +16,10 @@
 #   NUM_SHARDS (1) and SHARD_ID (all shards when unset), PAPER (e.g. wmt14_en_de),
 #   STAGES (space-separated subset to run; default all), BLEU_TOKENIZE (13a),
 #   TRAIN_LAUNCHER (prefix for fairseq-train, e.g. srun or "torchrun --no-python ..."),
-#   EXPORT_CT2 (1; 0 for lstm models, which CTranslate2 does not convert).
+#   EXPORT_CT2 (1; 0 for lstm models, which CTranslate2 does not convert),
+#   FINETUNE_ARGS (fairseq options for every fine-tune: Seq-Inter, the combined student and the
+#   pruned retraining; e.g. a fixed learning rate, since --finetune-from-model starts a fresh
+#   scheduler and inverse_sqrt would warm up to its peak again and undo the student).
 
 set -euo pipefail
 
@@ -147,10 +150,12 @@ extract_corpus() {
     --source-lang "$SRC" --target-lang "$TGT" --out "$RUN/data-bin-$name"
 }
 
-# finetune SAVE DATA FROM STEPS [options]: start from FROM's weights (fresh optimizer and data)
+# finetune SAVE DATA FROM STEPS [options]: start from FROM's weights (fresh optimizer, scheduler
+# and data), with $FINETUNE_ARGS
 finetune() {
   local save="$1" data="$2" from="$3" steps="$4"; shift 4
-  train "$save" "$data" "$STUDENT_ARCH" "$steps" --finetune-from-model "$from" "$@"
+  # shellcheck disable=SC2086
+  train "$save" "$data" "$STUDENT_ARCH" "$steps" --finetune-from-model "$from" ${FINETUNE_ARGS:-} "$@"
 }
 
 prune_curve() {  # offline pruning at several ratios, no retraining, greedy: the pruning curve
