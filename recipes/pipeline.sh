@@ -126,7 +126,13 @@ evaluate_ct2() {  # evaluate_ct2 NAME CT2_DIR CKPT: the deployed student, greedy
     --results-dir "$RUN/results"
 }
 
+# The checkpoint a stage passes on. The teacher: its best by validation loss. A student: its last.
+# Students train a fixed budget, and the validation loss is measured against the references,
+# which a Seq-KD student learns not to reproduce (its loss there stops falling while it is still
+# concentrating on the teacher's translations); a loss-picked checkpoint would stop it early, and
+# every student is picked the same way.
 best() { echo "$RUN/$1/checkpoint_best.pt"; }
+last() { echo "$RUN/$1/checkpoint_last.pt"; }
 
 # shards_to_run: the shard ids this process generates (SHARD_ID set: that one, e.g. a SLURM array task)
 shards_to_run() { if [ -n "${SHARD_ID:-}" ]; then echo "$SHARD_ID"; else seq 0 $((NUM_SHARDS - 1)); fi; }
@@ -194,48 +200,48 @@ seqkd_pipeline() {
   fi
   if want baseline; then
     run_stage baseline.train train "$RUN/baseline" "$RUN/data-bin" "$STUDENT_ARCH" "$STUDENT_STEPS"
-    run_stage baseline.eval evaluate baseline "$(best baseline)"
+    run_stage baseline.eval evaluate baseline "$(last baseline)"
   fi
   if want word_kd; then
     run_stage word_kd.cache fairseq-seqkd cache "$RUN/data-bin" --path "$(best teacher)" --split train \
       --topk "$KD_TOPK" --out "$RUN/cache" $DEVICE_ARGS
     run_stage word_kd.train train "$RUN/word_kd" "$RUN/data-bin" "$STUDENT_ARCH" "$STUDENT_STEPS" \
       --teacher-cache "$RUN/cache" "${kd[@]}"
-    run_stage word_kd.eval evaluate word_kd "$(best word_kd)"
+    run_stage word_kd.eval evaluate word_kd "$(last word_kd)"
   fi
   if want seq_kd; then
     generate_train seqkd "$(best teacher)" "$SEQKD_BEAM"
     run_stage seq_kd.extract extract_corpus seqkd
     run_stage seq_kd.train train "$RUN/seq_kd" "$RUN/data-bin-seqkd" "$STUDENT_ARCH" "$STUDENT_STEPS"
-    run_stage seq_kd.eval evaluate seq_kd "$(best seq_kd)"
+    run_stage seq_kd.eval evaluate seq_kd "$(last seq_kd)"
   fi
   if want seq_inter; then
     generate_train seqinter "$(best teacher)" "$SEQ_INTER_BEAM" --seq-inter
     run_stage seq_inter.extract extract_corpus seqinter
-    run_stage seq_inter.train finetune "$RUN/seq_inter" "$RUN/data-bin-seqinter" "$(best baseline)" \
+    run_stage seq_inter.train finetune "$RUN/seq_inter" "$RUN/data-bin-seqinter" "$(last baseline)" \
       "$FINETUNE_STEPS"
-    run_stage seq_inter.eval evaluate seq_inter "$(best seq_inter)"
+    run_stage seq_inter.eval evaluate seq_inter "$(last seq_inter)"
   fi
   local combined=seq_kd_seq_inter_word_kd
   if want combined; then
     run_stage combined.cache fairseq-seqkd cache "$RUN/data-bin-seqinter" --path "$(best teacher)" \
       --split train --topk "$KD_TOPK" --out "$RUN/cache-seqinter" $DEVICE_ARGS
-    run_stage combined.train finetune "$RUN/$combined" "$RUN/data-bin-seqinter" "$(best seq_kd)" \
+    run_stage combined.train finetune "$RUN/$combined" "$RUN/data-bin-seqinter" "$(last seq_kd)" \
       "$FINETUNE_STEPS" --teacher-cache "$RUN/cache-seqinter" "${kd[@]}"
-    run_stage combined.eval evaluate "$combined" "$(best $combined)"
+    run_stage combined.eval evaluate "$combined" "$(last $combined)"
   fi
   if want pruned; then
-    run_stage pruned.curve prune_curve "$(best $combined)"
-    run_stage pruned.train finetune "$RUN/pruned" "$RUN/data-bin-seqkd" "$(best $combined)" "$PRUNE_STEPS" \
+    run_stage pruned.curve prune_curve "$(last $combined)"
+    run_stage pruned.train finetune "$RUN/pruned" "$RUN/data-bin-seqkd" "$(last $combined)" "$PRUNE_STEPS" \
       --prune-ratio "$PRUNE_RATIO" --prune-scheme "$PRUNE_SCHEME"
-    run_stage pruned.eval evaluate pruned "$(best pruned)"
+    run_stage pruned.eval evaluate pruned "$(last pruned)"
   fi
   if want export; then
     if [ "${EXPORT_CT2:-1}" = 1 ]; then
-      run_stage export fairseq-seqkd export "$(best pruned)" --out "$RUN/export/student.pt" \
+      run_stage export fairseq-seqkd export "$(last pruned)" --out "$RUN/export/student.pt" \
         --ct2 "$RUN/export/ct2-int8" --quantization int8
     else  # CTranslate2 converts fairseq transformers only (not lstm)
-      run_stage export fairseq-seqkd export "$(best pruned)" --out "$RUN/export/student.pt"
+      run_stage export fairseq-seqkd export "$(last pruned)" --out "$RUN/export/student.pt"
     fi
     run_stage export.check check_export
     if [ "${EXPORT_CT2:-1}" = 1 ]; then
