@@ -20,6 +20,8 @@
 #   FINETUNE_ARGS (fairseq options for every fine-tune: Seq-Inter, the combined student and the
 #   pruned retraining; e.g. a fixed learning rate, since --finetune-from-model starts a fresh
 #   scheduler and inverse_sqrt would warm up to its peak again and undo the student).
+#   PRUNE_ARGS (more fairseq options for the pruned retraining only, after FINETUNE_ARGS, e.g. its
+#   own --lr).
 
 set -euo pipefail
 
@@ -232,8 +234,9 @@ seqkd_pipeline() {
   fi
   if want pruned; then
     run_stage pruned.curve prune_curve "$(last $combined)"
+    # shellcheck disable=SC2086
     run_stage pruned.train finetune "$RUN/pruned" "$RUN/data-bin-seqkd" "$(last $combined)" "$PRUNE_STEPS" \
-      --prune-ratio "$PRUNE_RATIO" --prune-scheme "$PRUNE_SCHEME"
+      --prune-ratio "$PRUNE_RATIO" --prune-scheme "$PRUNE_SCHEME" ${PRUNE_ARGS:-}
     run_stage pruned.eval evaluate pruned "$(last pruned)"
   fi
   if want export; then
