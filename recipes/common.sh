@@ -122,6 +122,9 @@ smoke_settings() {
   TEACHER_STEPS="${TEACHER_STEPS:---max-epoch 3}"
   STUDENT_STEPS="${STUDENT_STEPS:---max-epoch 2}"
   FINETUNE_STEPS="${FINETUNE_STEPS:---max-epoch 1}"
+  # as the full recipes: fine-tunes at a fixed rate, the pruned retraining at its own
+  FINETUNE_ARGS="${FINETUNE_ARGS-$(transformer_finetune_args 0.001)}"
+  PRUNE_ARGS="${PRUNE_ARGS---lr 0.002}"
   SEQ_INTER_BEAM="${SEQ_INTER_BEAM:-4}"
   # an untrained model repeats itself up to fairseq's 200-token limit: bound outputs by the source
   GEN_ARGS="${GEN_ARGS:---batch-size 128 --max-len-a 1 --max-len-b 5}"

@@ -87,6 +87,13 @@ def test_wmt14_en_de_smoke(smoke_runs):
     check_report(run, 30)
     pruned = json.loads((run / "report.json").read_text())["systems"]["pruned"]
     assert pruned["nonzero_params"] < pruned["params"]
+    # fine-tunes start from the student's last checkpoint at the fixed FINETUNE_ARGS rate (not a
+    # restarted warm-up); the pruned retraining's PRUNE_ARGS come after and win
+    for log, start, lr in (("seq_inter", "baseline", 0.001), ("combined", "seq_kd", 0.001),
+                           ("pruned", "seq_kd_seq_inter_word_kd", 0.002)):
+        text = (run / "logs" / f"{log}.train.log").read_text()
+        assert f"loading pretrained model from {run / start / 'checkpoint_last.pt'}" in text, log
+        assert "'lr_scheduler': {'_name': 'fixed', " in text and f"'lr': [{lr}]}}" in text, log
 
     # a finished run resumes to nothing: every stage is skipped, nothing is trained again
     mtime = (run / "teacher" / "checkpoint_best.pt").stat().st_mtime
