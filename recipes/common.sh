@@ -63,10 +63,10 @@ transformer_train_args() {
   echo "--optimizer adam --adam-betas (0.9,0.98) --clip-norm 0.0 --lr $1 --lr-scheduler inverse_sqrt
     --warmup-updates $2 --weight-decay 0.0001 --criterion label_smoothed_cross_entropy --label-smoothing 0.1"
 }
-# transformer_finetune_args LR: fine-tunes continue at a fixed LR (a fresh inverse_sqrt schedule
-# would climb back to its peak and undo what the student learned; issue 7). The recipes use a
-# quarter of the peak: where inverse_sqrt stands after 16 times its warm-up.
-transformer_finetune_args() { echo "--lr-scheduler fixed --lr $1"; }
+# transformer_finetune_args PEAK: fine-tunes continue at a fixed rate, a quarter of the peak PEAK
+# (where inverse_sqrt stands after 16 times its warm-up); a fresh inverse_sqrt schedule would
+# climb back to its peak and undo what the student learned (issue 7).
+transformer_finetune_args() { echo "--lr-scheduler fixed --lr $(awk -v peak="$1" 'BEGIN { printf "%g", peak / 4 }')"; }
 # Logging, seed, and a checkpoint every N updates so a killed long run loses little.
 run_args() {
   echo "--log-interval 100 --no-progress-bar --seed 1 --save-interval-updates $1 --keep-interval-updates 1"
@@ -123,7 +123,7 @@ smoke_settings() {
   STUDENT_STEPS="${STUDENT_STEPS:---max-epoch 2}"
   FINETUNE_STEPS="${FINETUNE_STEPS:---max-epoch 1}"
   # as the full recipes: fine-tunes at a fixed rate, the pruned retraining at its own
-  FINETUNE_ARGS="${FINETUNE_ARGS-$(transformer_finetune_args 0.001)}"
+  FINETUNE_ARGS="${FINETUNE_ARGS---lr-scheduler fixed --lr 0.001}"
   PRUNE_ARGS="${PRUNE_ARGS---lr 0.002}"
   SEQ_INTER_BEAM="${SEQ_INTER_BEAM:-4}"
   # an untrained model repeats itself up to fairseq's 200-token limit: bound outputs by the source

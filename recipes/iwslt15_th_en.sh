@@ -78,7 +78,7 @@ else
   TEACHER_STEPS="${TEACHER_STEPS:---max-epoch 50}"
   STUDENT_STEPS="${STUDENT_STEPS:---max-epoch 50}"
   FINETUNE_STEPS="${FINETUNE_STEPS:---max-epoch 5}"
-  FINETUNE_ARGS="${FINETUNE_ARGS-$(transformer_finetune_args 0.000125)}"
+  FINETUNE_ARGS="${FINETUNE_ARGS-$(transformer_finetune_args 0.0005)}"
 fi
 VOCAB_SIZE="${VOCAB_SIZE:-16000}"  # joint Thai+English sentencepiece vocabulary (~90k training pairs)
 # Thai's alphabet is small: cover every character rather than map rare ones to <unk>

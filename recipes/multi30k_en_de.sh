@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Multi30k English->German (Flickr30k image captions): the paper's findings on real data on CPU,
-# every stage in about 2 hours on 2 cores. Usage:  bash recipes/multi30k_en_de.sh   (rerunning resumes)
+# every stage on 2 cores (about 4.7 hours; docs/results-multi30k.md). Usage:  bash recipes/multi30k_en_de.sh   (rerunning resumes)
 #
 #   RUN=runs/multi30k_en_de   the run folder
 #   RAW_DIR                   Multi30k task 1: train.{en,de}, val.{en,de}, test_2016_flickr.{en,de}
@@ -73,20 +73,20 @@ else
   TEACHER_STEPS="${TEACHER_STEPS:---max-epoch 10}"
   STUDENT_STEPS="${STUDENT_STEPS:---max-epoch 18}"
   FINETUNE_STEPS="${FINETUNE_STEPS:---max-epoch 2}"
-  FINETUNE_ARGS="${FINETUNE_ARGS-$(transformer_finetune_args 0.00025)}"
+  FINETUNE_ARGS="${FINETUNE_ARGS-$(transformer_finetune_args 0.001)}"
   # the pruned student has 80% of its weights to relearn around: it retrains like a student, on
   # the students' own schedule, for 8 epochs. Chosen on the validation set (greedy / beam 5 BLEU,
   # unpruned 33.8 / 34.8): fixed 2.5e-4 4 epochs 26.3 / 27.5, fixed 5e-4 4 epochs 28.7 / 29.9,
   # 8 epochs 30.9 / 31.9, inverse_sqrt peak 1e-3 8 epochs 31.7 / 32.5.
   PRUNE_STEPS="${PRUNE_STEPS:---max-epoch 8}"
   PRUNE_ARGS="${PRUNE_ARGS---lr-scheduler inverse_sqrt --lr 0.001}"
-  # biases and layer norms are never pruned: 81% of the
-  # prunable weights leaves at most 20% of all parameters non-zero, as issue 7 counts them
+  # biases and layer norms are never pruned: 81% of the prunable weights leaves at most 20% of
+  # all parameters non-zero, as issue 7 counts them
   PRUNE_RATIO="${PRUNE_RATIO:-0.81}"
 fi
 VOCAB_SIZE="${VOCAB_SIZE:-8000}"
 # beam 35 (the paper's Seq-Inter beam) over 29,000 sentences is hours on 2 cores; 5 (the Seq-KD
-# beam) is about 15 minutes, and keeps the whole run near 2 hours
+# beam) is about 30 minutes
 SEQ_INTER_BEAM="${SEQ_INTER_BEAM:-5}"
 recipe_defaults
 

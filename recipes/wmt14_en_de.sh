@@ -77,7 +77,7 @@ else
   TEACHER_STEPS="${TEACHER_STEPS:---max-epoch 20}"
   STUDENT_STEPS="${STUDENT_STEPS:---max-epoch 20}"
   FINETUNE_STEPS="${FINETUNE_STEPS:---max-epoch 2}"
-  FINETUNE_ARGS="${FINETUNE_ARGS-$(transformer_finetune_args 0.000175)}"
+  FINETUNE_ARGS="${FINETUNE_ARGS-$(transformer_finetune_args 0.0007)}"
 fi
 VOCAB_SIZE="${VOCAB_SIZE:-32000}"  # one joint sentencepiece vocabulary for both languages
 recipe_defaults
