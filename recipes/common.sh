@@ -125,6 +125,7 @@ smoke_settings() {
   # as the full recipes: fine-tunes at a fixed rate, the pruned retraining at its own
   FINETUNE_ARGS="${FINETUNE_ARGS---lr-scheduler fixed --lr 0.001}"
   PRUNE_ARGS="${PRUNE_ARGS---lr 0.002}"
+  DISTILL_ARGS="${DISTILL_ARGS---label-smoothing 0}"
   SEQ_INTER_BEAM="${SEQ_INTER_BEAM:-4}"
   # an untrained model repeats itself up to fairseq's 200-token limit: bound outputs by the source
   GEN_ARGS="${GEN_ARGS:---batch-size 128 --max-len-a 1 --max-len-b 5}"

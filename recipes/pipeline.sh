@@ -22,6 +22,10 @@
 #   scheduler and inverse_sqrt would warm up to its peak again and undo the student).
 #   PRUNE_ARGS (more fairseq options for the pruned retraining only, after FINETUNE_ARGS, e.g. its
 #   own --lr).
+#   DISTILL_ARGS (fairseq options for the students that learn from the teacher's translations:
+#   Seq-KD, Seq-Inter, the combined student and the pruned retraining; e.g. --label-smoothing 0,
+#   the paper's plain likelihood on the teacher's output, where smoothing would spread the
+#   student's probability off the teacher's mode).
 
 set -euo pipefail
 
@@ -214,29 +218,33 @@ seqkd_pipeline() {
   if want seq_kd; then
     generate_train seqkd "$(best teacher)" "$SEQKD_BEAM"
     run_stage seq_kd.extract extract_corpus seqkd
-    run_stage seq_kd.train train "$RUN/seq_kd" "$RUN/data-bin-seqkd" "$STUDENT_ARCH" "$STUDENT_STEPS"
+    # shellcheck disable=SC2086
+    run_stage seq_kd.train train "$RUN/seq_kd" "$RUN/data-bin-seqkd" "$STUDENT_ARCH" "$STUDENT_STEPS" \
+      ${DISTILL_ARGS:-}
     run_stage seq_kd.eval evaluate seq_kd "$(last seq_kd)"
   fi
   if want seq_inter; then
     generate_train seqinter "$(best teacher)" "$SEQ_INTER_BEAM" --seq-inter
     run_stage seq_inter.extract extract_corpus seqinter
+    # shellcheck disable=SC2086
     run_stage seq_inter.train finetune "$RUN/seq_inter" "$RUN/data-bin-seqinter" "$(last baseline)" \
-      "$FINETUNE_STEPS"
+      "$FINETUNE_STEPS" ${DISTILL_ARGS:-}
     run_stage seq_inter.eval evaluate seq_inter "$(last seq_inter)"
   fi
   local combined=seq_kd_seq_inter_word_kd
   if want combined; then
     run_stage combined.cache fairseq-seqkd cache "$RUN/data-bin-seqinter" --path "$(best teacher)" \
       --split train --topk "$KD_TOPK" --out "$RUN/cache-seqinter" $DEVICE_ARGS
+    # shellcheck disable=SC2086
     run_stage combined.train finetune "$RUN/$combined" "$RUN/data-bin-seqinter" "$(last seq_kd)" \
-      "$FINETUNE_STEPS" --teacher-cache "$RUN/cache-seqinter" "${kd[@]}"
+      "$FINETUNE_STEPS" --teacher-cache "$RUN/cache-seqinter" "${kd[@]}" ${DISTILL_ARGS:-}
     run_stage combined.eval evaluate "$combined" "$(last $combined)"
   fi
   if want pruned; then
     run_stage pruned.curve prune_curve "$(last $combined)"
     # shellcheck disable=SC2086
     run_stage pruned.train finetune "$RUN/pruned" "$RUN/data-bin-seqkd" "$(last $combined)" "$PRUNE_STEPS" \
-      --prune-ratio "$PRUNE_RATIO" --prune-scheme "$PRUNE_SCHEME" ${PRUNE_ARGS:-}
+      --prune-ratio "$PRUNE_RATIO" --prune-scheme "$PRUNE_SCHEME" ${DISTILL_ARGS:-} ${PRUNE_ARGS:-}
     run_stage pruned.eval evaluate pruned "$(last pruned)"
   fi
   if want export; then

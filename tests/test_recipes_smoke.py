@@ -94,6 +94,12 @@ def test_wmt14_en_de_smoke(smoke_runs):
         text = (run / "logs" / f"{log}.train.log").read_text()
         assert f"loading pretrained model from {run / start / 'checkpoint_last.pt'}" in text, log
         assert "'lr_scheduler': {'_name': 'fixed', " in text and f"'lr': [{lr}]}}" in text, log
+    # the students of the teacher's translations learn by plain likelihood (DISTILL_ARGS); the
+    # baseline keeps the recipe's label smoothing
+    for log, eps in (("baseline", 0.1), ("seq_kd", 0.0), ("seq_inter", 0.0), ("combined", 0.0),
+                     ("pruned", 0.0)):
+        text = (run / "logs" / f"{log}.train.log").read_text()
+        assert f"'label_smoothing': {eps}" in text and text.count("'label_smoothing': ") == 1, log
 
     # a finished run resumes to nothing: every stage is skipped, nothing is trained again
     mtime = (run / "teacher" / "checkpoint_best.pt").stat().st_mtime
