@@ -196,6 +196,19 @@ def solve_lambda(params: Mapping[str, torch.Tensor], ratio: float) -> float:
     return float(torch.kthvalue(scores.cpu(), min(k, scores.numel())).values)
 
 
+def gradual_ratio(final: float, update: int, ramp: int, interval: int = 1) -> float:
+    """The fraction pruned after ``update`` updates under Zhu & Gupta (2017)'s gradual schedule.
+
+    It rises from 0 to ``final`` over ``ramp`` updates, fast at first and slowly near the end,
+    ``s_t = final * (1 - (1 - t / ramp) ** 3)``, in steps every ``interval`` updates (the masks are
+    recomputed that often), and stays at ``final`` afterwards. ``ramp`` 0: ``final`` at once.
+    """
+    if ramp <= 0:
+        return final
+    t = min(ramp, (update // interval) * interval)
+    return final * (1.0 - (1.0 - t / ramp) ** 3)
+
+
 def compute_masks(params: Mapping[str, torch.Tensor], spec: PruneSpec) -> dict[str, torch.Tensor]:
     """Keep-masks (bool, True = kept) for the prunable ``params`` under ``spec``'s scheme."""
     spec.validate()

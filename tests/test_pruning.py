@@ -22,6 +22,7 @@ from fairseq_seqkd.pruning import (
     compute_masks,
     find_checkpoint_masks,
     format_report,
+    gradual_ratio,
     pack_mask,
     parameter_class,
     prunable_parameters,
@@ -121,6 +122,16 @@ def test_exact_count_with_ties_and_bad_options():
         compute_masks(zeros, PruneSpec(0.5, "class-blind", lam=1.0))
 
 
+def test_gradual_schedule_is_cubic_in_steps():
+    ratios = [gradual_ratio(0.8, t, ramp=100, interval=10) for t in range(0, 131)]
+    assert ratios[0] == ratios[9] == 0.0
+    assert ratios[10] == pytest.approx(0.8 * (1 - 0.9 ** 3)) and ratios[19] == ratios[10]
+    assert ratios[50] == pytest.approx(0.8 * (1 - 0.5 ** 3))  # 7/8 of the way at half the ramp
+    assert ratios[100] == ratios[130] == 0.8
+    assert all(a <= b for a, b in zip(ratios, ratios[1:]))
+    assert gradual_ratio(0.8, 0, ramp=0) == 0.8  # no ramp: everything at once
+
+
 def test_classes_and_mask_packing():
     name = "decoder.layers.1.encoder_attn.q_proj"
     assert parameter_class(name + ".weight") == name
@@ -192,6 +203,43 @@ def test_masks_hold_through_retraining_and_resume(toy_data_bin, toy_teacher, tmp
     for name, m in masks.items():
         assert torch.count_nonzero(params2[name][~m]) == 0, f"{name}: not exactly 0 after resume"
     assert any(not torch.equal(params2[n][m], params[n][m]) for n, m in masks.items())
+
+
+def test_gradual_pruning_grows_nested_masks_and_resumes(toy_data_bin, toy_teacher, tmp_path):
+    gradual = ("--prune-ratio", "0.8", "--prune-scheme", "class-uniform", "--prune-ramp-updates", "20",
+               "--prune-interval", "5")
+    # stopped mid-ramp: after update 12 the masks are those of update 10, 0.8 * (1 - 0.5^3) = 0.7
+    mid, log = retrain_pruned(toy_data_bin, toy_teacher, tmp_path, *gradual, max_update=12)
+    assert "ratio 0.4625" in log and "ratio 0.7" in log and "sparsity per class" not in log
+    masks_mid, spec_mid = find_checkpoint_masks(load_checkpoint(str(mid)))
+    assert spec_mid["ratio"] == pytest.approx(0.7)
+    for name, m in masks_mid.items():
+        assert int((~m).sum()) == round(0.7 * m.numel()), name
+    # resumed to the end of the ramp and past it: the final ratio, and what was pruned stays pruned
+    last, log = retrain_pruned(toy_data_bin, toy_teacher, tmp_path, *gradual, max_update=30, restore=False)
+    assert "masks restored from the checkpoint" in log and "sparsity per class" in log
+    masks, spec = find_checkpoint_masks(load_checkpoint(str(last)))
+    assert spec["ratio"] == 0.8
+    params = _params(last)
+    for name, m in masks.items():
+        assert int((~m).sum()) == round(0.8 * m.numel()), name
+        assert not (m & ~masks_mid[name]).any(), f"{name}: a weight pruned at 70% came back"
+        assert torch.count_nonzero(params[name][~m]) == 0, name
+
+
+def test_gradual_pruning_options():
+    from types import SimpleNamespace
+
+    from fairseq_seqkd.tasks.pruning_hooks import scheduled_spec
+
+    cfg = dict(prune_ratio=0.8, prune_scheme="class-uniform", prune_lambda=0.0, prune_keep_embeddings=False,
+               prune_exclude=None, prune_ramp_updates=100, prune_interval=10)
+    assert scheduled_spec(SimpleNamespace(**cfg), 50).ratio == pytest.approx(0.7)
+    assert scheduled_spec(SimpleNamespace(**{**cfg, "prune_ramp_updates": 0}), 0).ratio == 0.8
+    with pytest.raises(UserError, match="--prune-interval 0"):
+        scheduled_spec(SimpleNamespace(**{**cfg, "prune_interval": 0}), 5)
+    with pytest.raises(UserError, match="fixed --prune-lambda"):
+        scheduled_spec(SimpleNamespace(**{**cfg, "prune_scheme": "class-distribution", "prune_lambda": 1.0}), 5)
 
 
 def test_prune_command(toy_teacher, tmp_path, capsys):

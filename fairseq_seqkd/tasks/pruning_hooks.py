@@ -18,6 +18,12 @@ What it does, with fairseq's own hooks and no custom trainer:
   restores when training resumes; ``task_state`` (``task.state_dict()``) is saved too, but
   fairseq 0.12's trainer does not load it on resume, so the masks are not kept there.
 
+Gradual pruning (Zhu & Gupta 2017, ``--prune-ramp-updates N``): instead of all at once before
+the first update, the pruned fraction rises from 0 to ``--prune-ratio`` over N updates on a cubic
+schedule (:func:`fairseq_seqkd.pruning.gradual_ratio`); every ``--prune-interval`` updates the
+masks are recomputed by magnitude (the weights already at 0 are the smallest, so a pruned weight
+stays pruned), and the network adapts between two steps.
+
 On resume the stored masks are used when their options match the command line; otherwise
 (new ratio or scheme: iterative pruning, or a resume with ``--reset-dataloader``, which skips
 the task's checkpoint dict) they are recomputed from the weights, whose zeros are the smallest
@@ -30,12 +36,13 @@ exactly 0 after every step.
 
 # no `from __future__ import annotations`: fairseq reads the config fields' types at runtime
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
 from fairseq.dataclass import ChoiceEnum
 
+from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.pruning import (
     CHECKPOINT_KEY,
     SCHEMES,
@@ -44,6 +51,7 @@ from fairseq_seqkd.pruning import (
     check_masks,
     compute_masks,
     format_report,
+    gradual_ratio,
     masks_from_state,
     masks_to_state,
     pack_mask,
@@ -87,6 +95,16 @@ class PruningConfig:
         metadata={"help": "regex of parameter names never to prune (biases, layer norms and positional "
                           "embeddings never are)"},
     )
+    prune_ramp_updates: int = field(
+        default=0,
+        metadata={"help": "gradual pruning (Zhu & Gupta 2017): raise the pruned fraction from 0 to "
+                          "--prune-ratio over this many updates on a cubic schedule, then hold it; "
+                          "0 prunes it all before the first update (See et al.)"},
+    )
+    prune_interval: int = field(
+        default=100,
+        metadata={"help": "with --prune-ramp-updates: recompute the masks every this many updates"},
+    )
 
 
 def prune_spec(cfg) -> PruneSpec:
@@ -119,37 +137,55 @@ def broadcast_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: unpack_mask(p.cpu(), s).to(device) for n, p, s in zip(names, received, shapes)}
 
 
+def scheduled_spec(cfg, update_num: int) -> PruneSpec:
+    """The pruning wanted after ``update_num`` updates: ``--prune-ratio``, or its gradual schedule."""
+    spec = prune_spec(cfg)
+    ramp, interval = int(cfg.prune_ramp_updates), int(cfg.prune_interval)
+    if ramp < 0 or interval < 1:
+        raise UserError(f"--prune-ramp-updates {ramp} must be >= 0 and --prune-interval {interval} >= 1")
+    if ramp == 0:
+        return spec
+    if spec.lam > 0:
+        raise UserError("--prune-ramp-updates schedules --prune-ratio; it does not apply to a fixed "
+                        "--prune-lambda (leave --prune-lambda at 0 to solve it from the ratio)")
+    return replace(spec, ratio=gradual_ratio(spec.ratio, update_num, ramp, interval))
+
+
 class PruningMixin:
-    """Task mixin: masks made once at the start of training, re-applied after every optimizer step."""
+    """Task mixin: masks made at the start of training (or on a gradual schedule), re-applied after
+    every optimizer step."""
 
     _prune_params: dict[str, torch.Tensor] | None = None
     _prune_masks: dict[str, torch.Tensor] | None = None
+    _prune_spec: PruneSpec | None = None
     _prune_restored: dict | None = None
 
     def _prune_enabled(self) -> bool:
         return prune_spec(self.cfg).active
 
-    def _ensure_masks(self, model: torch.nn.Module) -> None:
-        """Make (or adopt restored) masks on the first call and zero the pruned weights."""
-        if self._prune_masks is not None:
+    def _ensure_masks(self, model: torch.nn.Module, spec: PruneSpec) -> None:
+        """Make (or adopt restored) masks for ``spec`` unless they are made, and zero the pruned weights."""
+        if self._prune_masks is not None and spec == self._prune_spec:
             return
-        spec = prune_spec(self.cfg)
         spec.validate(where="--prune-* options")
+        if not spec.active:  # a gradual schedule that has not started
+            return
         params = prunable_parameters(_unwrap(model).named_parameters(remove_duplicate=False),
                                      spec.keep_embeddings, spec.exclude)
         masks = self._restored_masks(params, spec)
         if masks is None:
             masks = compute_masks(params, spec)
-            how = f"scheme {spec.scheme}, ratio {spec.ratio}"
+            how = f"scheme {spec.scheme}, ratio {spec.ratio:.4g}"
             if spec.scheme == "class-distribution":
                 how += f", lambda {spec.lam or solve_lambda(params, spec.ratio):.4f}"
             logger.info(f"pruning: masks made from the current weights ({how})")
         masks = {n: m.to(params[n].device) for n, m in broadcast_masks(masks).items()}
-        self._prune_params, self._prune_masks = params, masks
+        self._prune_params, self._prune_masks, self._prune_spec = params, masks, spec
         apply_masks(params, masks)
-        report = sparsity_report(_unwrap(model).named_parameters(remove_duplicate=False),
-                                 spec.keep_embeddings, spec.exclude)
-        logger.info("pruning: sparsity per class\n" + format_report(report, by_kind=True))
+        if spec == prune_spec(self.cfg):  # the final masks: their table; a gradual step: a line
+            report = sparsity_report(_unwrap(model).named_parameters(remove_duplicate=False),
+                                     spec.keep_embeddings, spec.exclude)
+            logger.info("pruning: sparsity per class\n" + format_report(report, by_kind=True))
 
     def _restored_masks(self, params: dict[str, torch.Tensor], spec: PruneSpec) -> dict | None:
         if self._prune_restored is None:
@@ -171,13 +207,13 @@ class PruningMixin:
     def begin_epoch(self, epoch, model):
         """fairseq hook: make the masks before the first update of this run."""
         super().begin_epoch(epoch, model)
-        if self._prune_enabled():
-            self._ensure_masks(model)
+        if self._prune_enabled() and not self.cfg.prune_ramp_updates:
+            self._ensure_masks(model, prune_spec(self.cfg))
 
     def optimizer_step(self, optimizer, model, update_num):
         """fairseq hook: the optimizer's step, then the pruned weights back to exactly zero."""
         if self._prune_enabled():
-            self._ensure_masks(model)
+            self._ensure_masks(model, scheduled_spec(self.cfg, update_num))
         super().optimizer_step(optimizer, model, update_num)
         if self._prune_masks is not None:
             apply_masks(self._prune_params, self._prune_masks)
@@ -189,7 +225,7 @@ class PruningMixin:
         if self._prune_masks is not None:
             key = self.__class__.__name__
             state[key] = {**state.get(key, {}),
-                          CHECKPOINT_KEY: masks_to_state(self._prune_masks, prune_spec(self.cfg))}
+                          CHECKPOINT_KEY: masks_to_state(self._prune_masks, self._prune_spec)}
         return state
 
     def set_checkpoint_dict(self, state: dict) -> None:
