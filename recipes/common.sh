@@ -122,9 +122,10 @@ smoke_settings() {
   TEACHER_STEPS="${TEACHER_STEPS:---max-epoch 3}"
   STUDENT_STEPS="${STUDENT_STEPS:---max-epoch 2}"
   FINETUNE_STEPS="${FINETUNE_STEPS:---max-epoch 1}"
-  # as the full recipes: fine-tunes at a fixed rate, the pruned retraining at its own
+  # as the full recipes: fine-tunes at a fixed rate, the pruned retraining at its own, pruning
+  # gradually (a ramp of 2 updates: 70% after the first, 80% from the second on)
   FINETUNE_ARGS="${FINETUNE_ARGS---lr-scheduler fixed --lr 0.001}"
-  PRUNE_ARGS="${PRUNE_ARGS---lr 0.002}"
+  PRUNE_ARGS="${PRUNE_ARGS---lr 0.002 --prune-ramp-updates 2 --prune-interval 1}"
   DISTILL_ARGS="${DISTILL_ARGS---label-smoothing 0}"
   SEQ_INTER_BEAM="${SEQ_INTER_BEAM:-4}"
   # an untrained model repeats itself up to fairseq's 200-token limit: bound outputs by the source

@@ -87,6 +87,10 @@ def test_wmt14_en_de_smoke(smoke_runs):
     check_report(run, 30)
     pruned = json.loads((run / "report.json").read_text())["systems"]["pruned"]
     assert pruned["nonzero_params"] < pruned["params"]
+    # pruned gradually (the smoke PRUNE_ARGS' 2-update ramp): 70% first, then the final 80%
+    text = (run / "logs" / "pruned.train.log").read_text()
+    assert "(scheme class-blind, ratio 0.7)" in text and "(scheme class-blind, ratio 0.8)" in text
+    assert text.index("ratio 0.7)") < text.index("ratio 0.8)") < text.index("sparsity per class")
     # fine-tunes start from the student's last checkpoint at the fixed FINETUNE_ARGS rate (not a
     # restarted warm-up); the pruned retraining's PRUNE_ARGS come after and win
     for log, start, lr in (("seq_inter", "baseline", 0.001), ("combined", "seq_kd", 0.001),
