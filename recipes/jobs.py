@@ -1,0 +1,295 @@
+"""How a job of the pipeline (recipes/Snakefile) runs its commands.
+
+Every command is a list of arguments (never a word-split string) run without a shell; its output
+goes to an append-only log (a resumed job keeps the log of the attempt before it), and a command
+that fails raises :class:`JobFailed` with the log's last lines, so Snakemake fails the job, deletes
+its declared outputs and prints why. A command's captured output is written under a temporary
+name and renamed only when the command succeeded: nothing that looks finished is left behind.
+
+Training is the one job that must survive its own failure: its declared output is a completion
+file written at its end (``train.done``), never the checkpoint folder, so a killed training
+resumes from ``checkpoint_last.pt``. A training whose options or inputs changed starts afresh;
+the earlier one is moved aside, not deleted.
+
+Imported by the Snakefile and the tests; it does not import fairseq or the plugin (a job
+process starts in a second), and only asks torch whether a GPU is there when the configuration
+says ``device: auto``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+
+TAIL_LINES = 25
+# In a job's command, the plugin folder (fairseq's --user-dir): replaced by its path when the command
+# runs, so that a command, which Snakemake records to rerun a job whose options changed, does not
+# change with the place of the checkout.
+PLUGIN = "<fairseq_seqkd>"
+PLUGIN_DIR = str(Path(__file__).resolve().parent.parent / "fairseq_seqkd")
+
+
+class JobFailed(RuntimeError):
+    """A command of a job failed; the message holds its exit status and the end of its log."""
+
+
+def args(options: Sequence | None) -> list[str]:
+    """A configuration's option list (YAML numbers included) as command-line arguments."""
+    if options is None:
+        return []
+    if isinstance(options, (str, bytes)) or not isinstance(options, Sequence):
+        raise ValueError(f"expected a list of command-line arguments, got {options!r}: write options as a "
+                         f"YAML list, e.g. [--max-epoch, 10]")
+    return [_arg(o) for o in options]
+
+
+def _arg(value) -> str:
+    if isinstance(value, bool):
+        raise ValueError(f"option value {value!r}: write flags as --flag and values as strings or numbers")
+    return str(value)
+
+
+@cache
+def gpu_available() -> bool:
+    """Whether torch sees a CUDA device here (the job's machine, not the one that planned the run)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def uses_gpu(device: str) -> bool:
+    """Resolve the configuration's ``device`` (auto, cpu or gpu) on this machine."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device: {device!r}; use auto, cpu or gpu")
+    return device == "gpu" or (device == "auto" and gpu_available())
+
+
+def device_args(device: str, training: bool = False, fp16_args: Sequence = ()) -> list[str]:
+    """``--cpu`` without a GPU; on a GPU, the half-precision options for training."""
+    if not uses_gpu(device):
+        return ["--cpu"]
+    return args(fp16_args) if training else []
+
+
+def _env(threads: int) -> dict[str, str]:
+    threads_s = str(max(1, int(threads)))
+    return {**os.environ, "OMP_NUM_THREADS": threads_s, "MKL_NUM_THREADS": threads_s}
+
+
+def tail(path: str | os.PathLike, lines: int = TAIL_LINES) -> str:
+    """The last lines of a text file ('' when it is missing)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def run(cmd: Sequence, log: str | os.PathLike, threads: int = 1, stdout: str | os.PathLike | None = None,
+        stderr: str | os.PathLike | None = None) -> None:
+    """Run ``cmd``: its output is appended to ``log``, or its stdout goes into the file ``stdout``.
+
+    ``stdout`` appears only once the command succeeded (written as ``stdout.tmp``, then renamed).
+    ``stderr``: a file of its own (rewritten), ``"stdout"`` (into the same file), or the log. A
+    failure raises :class:`JobFailed` naming the command, its exit status and the end of its output.
+    """
+    cmd = [PLUGIN_DIR if a == PLUGIN else a for a in args(cmd)]
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    _note(log, shlex.join(cmd))
+    label = f"{log.stem} | {' '.join(cmd[:2]) if cmd[0] == 'fairseq-seqkd' else cmd[0]}"
+    _say(f"{label} | running (log: {log})")
+    tmp = Path(f"{stdout}.tmp") if stdout is not None else None
+    err_path = log if stderr is None else (tmp if stderr == "stdout" else Path(stderr))
+    for path in (tmp, err_path):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        err = stack.enter_context(open(err_path, "a" if err_path == log else "w", encoding="utf-8"))
+        out = err if tmp is None or err_path == tmp else stack.enter_context(open(tmp, "w", encoding="utf-8"))
+        try:
+            rc = subprocess.run(cmd, stdout=out, stderr=err, env=_env(threads)).returncode
+        except FileNotFoundError as e:
+            err.write(f"{e}\n")
+            rc = 127
+    if rc != 0:
+        where = tail(err_path)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        _say(f"{label} | FAILED (exit {rc})")
+        raise JobFailed(f"{cmd[0]} exited {rc} after {time.monotonic() - t0:.0f} s; the last lines of "
+                        f"{err_path if err_path != tmp else 'its output'} (all attempts: {log}):\n{where}")
+    if tmp is not None:
+        os.replace(tmp, stdout)
+    _say(f"{label} | done in {time.monotonic() - t0:.0f} s")
+
+
+def _say(text: str) -> None:
+    """One line on the terminal (Snakemake's own job display is kept quiet by the recipes)."""
+    print(f"{datetime.now():%Y-%m-%d %H:%M:%S} | {text}", file=sys.stderr, flush=True)
+
+
+def fingerprint(cmd: Sequence, inputs: Sequence) -> str:
+    """What makes a training the same training: its command and its inputs (path, size, mtime)."""
+    files = []
+    for path in sorted(map(str, inputs)):
+        st = os.stat(path)
+        files.append([path, st.st_size, st.st_mtime_ns])
+    blob = json.dumps({"cmd": args(cmd), "inputs": files}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json(path: str | os.PathLike, obj: dict) -> None:
+    """Write ``obj`` as JSON through a temporary file and a rename."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def own_folder(folder: str | os.PathLike, cmd: Sequence, inputs: Sequence, log: str | os.PathLike) -> bool:
+    """Make ``folder`` the work folder of this command and these inputs; True when work can resume.
+
+    ``folder/fingerprint`` records what the folder's content was made with. Same fingerprint: the
+    command may resume from what is there (a killed training from checkpoint_last.pt). Another
+    fingerprint, or none: the old content moves to ``FOLDER.previous`` (replacing an older one),
+    so a changed option or input starts afresh and nothing is deleted on the way.
+    """
+    folder = Path(folder)
+    stamp = fingerprint(cmd, inputs)
+    marker = folder / "fingerprint"
+    resume = False
+    if folder.exists() and any(folder.iterdir()):
+        old = marker.read_text().strip() if marker.exists() else None
+        if old == stamp:
+            resume = True
+            _note(log, f"{folder}: the same command and inputs as the attempt before: resuming")
+        else:
+            previous = Path(f"{folder}.previous")
+            shutil.rmtree(previous, ignore_errors=True)
+            folder.rename(previous)
+            _note(log, f"{folder}: made with other options or inputs; its content moved to {previous}, "
+                       "starting afresh")
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(stamp + "\n")
+    return resume
+
+
+def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str | os.PathLike,
+          log: str | os.PathLike, inputs: Sequence, threads: int = 1) -> None:
+    """Run a fairseq-train command into ``save_dir``, resuming it if it is the same training.
+
+    The device options are the only part of ``cmd`` left out of the fingerprint (a training moved
+    from one machine to another resumes). ``done`` is written at the end: the checkpoint passed on,
+    its sha256 and the seconds this attempt took.
+    """
+    same = [a for a in args(cmd) if a != "--cpu"]
+    own_folder(save_dir, same, inputs, log)
+    t0 = time.monotonic()
+    run(cmd, log, threads)
+    ckpt = Path(save_dir) / checkpoint
+    if not ckpt.exists():
+        raise JobFailed(f"fairseq-train finished without writing {ckpt}; see {log}")
+    write_json(done, {"checkpoint": str(ckpt), "sha256": sha256(ckpt), "seconds": round(time.monotonic() - t0, 1),
+                      "command": args(cmd)})
+
+
+def _note(log: str | os.PathLike, text: str) -> None:
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"==== {datetime.now():%Y-%m-%d %H:%M:%S} | {text}\n")
+
+
+def checkpoint_of(done: str | os.PathLike) -> str:
+    """The checkpoint a finished training passes on, checked against the sha256 it recorded."""
+    with open(done, encoding="utf-8") as f:
+        info = json.load(f)
+    ckpt = info["checkpoint"]
+    if not os.path.exists(ckpt):
+        raise JobFailed(f"{ckpt} (recorded in {done}) is missing; rerun its training with --forcerun")
+    return ckpt
+
+
+# ---- the configuration ----
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """A YAML mapping (the configuration layers)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def check_config(config: dict, known: set[str]) -> None:
+    """Refuse unknown keys (a misspelt setting must not be silently ignored) and missing languages."""
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}: every setting is listed, with its meaning, in "
+                         "recipes/config/defaults.yaml")
+    for key in ("src", "tgt"):
+        if not config.get(key):
+            raise ValueError(f"setting {key} is missing: the recipe's configuration must give the language codes")
+    if config["corpus"] not in ("prepare", "toy"):
+        raise ValueError(f"corpus: {config['corpus']!r}; use prepare (raw files) or toy (the embedded corpus)")
+    for split in ("train", "valid", "test"):
+        if config["corpus"] == "prepare":
+            raw_pairs(config, split)
+
+
+def absolute(path: str) -> str:
+    """``path`` from the run folder (the working directory of every job), made absolute."""
+    return os.path.abspath(path)
+
+
+def raw_pairs(config: dict, split: str) -> list[tuple[str, str]]:
+    """The (source, target) raw files of a split, under ``raw_dir`` unless absolute."""
+    pairs = config.get(f"{split}_files") or []
+    if not pairs or any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in pairs):
+        raise ValueError(f"{split}_files must list [source, target] file pairs, e.g. "
+                         f"[[train.en, train.de]]; it is {pairs!r}")
+    return [(os.path.join(config["raw_dir"], str(s)), os.path.join(config["raw_dir"], str(t))) for s, t in pairs]
+
+
+def inside(path: str, folder: str) -> bool:
+    """Whether ``path`` lies under ``folder``."""
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def ratio_name(ratio) -> str:
+    """A pruning ratio as it appears in file names (0.8 -> '0.8')."""
+    return f"{float(ratio):g}"
+
+
+def clear_stale_cache(directory: str, split: str, num_shards: int, log: str | os.PathLike) -> None:
+    """Before a cache shard is rebuilt: the split's merged header and shards of another shard count are stale."""
+    if not os.path.isdir(directory):
+        return
+    ours = re.compile(rf"^{re.escape(split)}\.shard\d+-of-{num_shards:04d}\.bin(\.tmp)?$")
+    stale = [name for name in os.listdir(directory) if name == f"{split}.header.json"
+             or (name.startswith(f"{split}.shard") and not ours.match(name))]
+    for name in sorted(stale):
+        os.unlink(os.path.join(directory, name))
+        _note(log, f"removed {os.path.join(directory, name)}: stale now that a shard of {directory} is rebuilt")
