@@ -19,8 +19,8 @@ demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/toy/demo.sh $(DEMO_DIR)
 
 test: install
-	$(BIN)/ruff check fairseq_seqkd tests benchmarks examples
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests
+	$(BIN)/ruff check fairseq_seqkd tests benchmarks examples recipes
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 lint: install
 	$(BIN)/ruff check .

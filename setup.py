@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["fairseq_seqkd", "fairseq_seqkd.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     # fairseq is deliberately not listed: bring any build (upstream main, fairseq-fixed, ...).
     install_requires=["torch", "numpy", "sacrebleu>=2", "sentencepiece", "tqdm"],
     extras_require={"ct2": ["ctranslate2"], "plots": ["matplotlib"]},

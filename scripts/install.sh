@@ -12,10 +12,10 @@ FAIRSEQ_SHA256="c607577a54ab30e2ee0f0b0a754ea5cdbc6ad0a9f99a1726638a2201445bc1cc
 
 die() { echo "install: error: $*" >&2; exit 1; }
 
-command -v "$PYTHON" >/dev/null || die "'$PYTHON' not found; install Python 3.10 or 3.11 or set PYTHON=/path/to/python3"
-"$PYTHON" - <<'PY' || die "Python 3.10 or 3.11 is required (fairseq and torch wheels); set PYTHON=/path/to/python3.11"
+command -v "$PYTHON" >/dev/null || die "'$PYTHON' not found; install Python 3.11 or set PYTHON=/path/to/python3"
+"$PYTHON" - <<'PY' || die "Python 3.11 is required (fairseq and torch wheels, Snakemake 9); set PYTHON=/path/to/python3.11"
 import sys
-sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 11) else 1)
+sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)
 PY
 command -v "${CXX:-g++}" >/dev/null || die "no C++ compiler ('${CXX:-g++}'): fairseq's extensions are built from source; install one (Debian: apt-get install build-essential)"
 "$PYTHON" -c "import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')) else 1)" \
