@@ -199,22 +199,21 @@ def own_folder(folder: str | os.PathLike, cmd: Sequence, inputs: Sequence, log: 
 
 
 def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str | os.PathLike,
-          log: str | os.PathLike, inputs: Sequence, threads: int = 1) -> None:
+          log: str | os.PathLike, inputs: Sequence, threads: int = 1, device: Sequence = ()) -> None:
     """Run a fairseq-train command into ``save_dir``, resuming it if it is the same training.
 
-    The device options are the only part of ``cmd`` left out of the fingerprint (a training moved
-    from one machine to another resumes). ``done`` is written at the end: the checkpoint passed on,
-    its sha256 and the seconds this attempt took.
+    The fingerprint is ``cmd`` and ``inputs``; ``device`` (--cpu, --fp16) is added to the command
+    only when it runs, so a training moved from one machine to another resumes. ``done`` is written
+    at the end: the checkpoint passed on, its sha256 and the seconds this attempt took.
     """
-    same = [a for a in args(cmd) if a != "--cpu"]
-    own_folder(save_dir, same, inputs, log)
+    own_folder(save_dir, cmd, inputs, log)
     t0 = time.monotonic()
-    run(cmd, log, threads)
+    run([*args(cmd), *args(device)], log, threads)
     ckpt = Path(save_dir) / checkpoint
     if not ckpt.exists():
         raise JobFailed(f"fairseq-train finished without writing {ckpt}; see {log}")
     write_json(done, {"checkpoint": str(ckpt), "sha256": sha256(ckpt), "seconds": round(time.monotonic() - t0, 1),
-                      "command": args(cmd)})
+                      "command": [*args(cmd), *args(device)]})
 
 
 def _note(log: str | os.PathLike, text: str) -> None:
