@@ -283,7 +283,8 @@ def ratio_name(ratio) -> str:
 
 
 def clear_stale_cache(directory: str, split: str, num_shards: int, log: str | os.PathLike) -> None:
-    """Before a cache shard is rebuilt: the split's merged header and shards of another shard count are stale."""
+    """Remove what a cache shard job must not leave: the split's header (the merge job's output,
+    stale once a shard changes) and shards of another shard count."""
     if not os.path.isdir(directory):
         return
     ours = re.compile(rf"^{re.escape(split)}\.shard\d+-of-{num_shards:04d}\.bin(\.tmp)?$")
@@ -291,4 +292,4 @@ def clear_stale_cache(directory: str, split: str, num_shards: int, log: str | os
              or (name.startswith(f"{split}.shard") and not ours.match(name))]
     for name in sorted(stale):
         os.unlink(os.path.join(directory, name))
-        _note(log, f"removed {os.path.join(directory, name)}: stale now that a shard of {directory} is rebuilt")
+        _note(log, f"removed {os.path.join(directory, name)}: the cache's shards are being rebuilt")
