@@ -4,8 +4,7 @@ The WMT14 recipe runs every job once, from the raw files in the official layout 
 corpora, an SGML test set) to the report, with the teacher's work in 2 shards. The other tests
 work on copies of that finished run folder: a rerun that does nothing, a dry run's plan, a changed
 student size, the SLURM profile's resources, a failure injected into each kind of job, a training
-killed mid-run. The IWSLT15 recipe runs its own data path (train.tags, XML, Thai) to the binarized
-data. Select these alone with ``pytest -m recipes``.
+killed mid-run. Select these alone with ``pytest -m recipes`` (with test_recipes_iwslt.py).
 """
 
 from __future__ import annotations
@@ -76,16 +75,10 @@ def planned(proc: subprocess.CompletedProcess) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory) -> dict[str, Path]:
-    """WMT14 (every job, 2 shards, 2 jobs at once) beside IWSLT15 (its data path, to the binarized data)."""
-    runs = {"wmt14_en_de.sh": tmp_path_factory.mktemp("smoke") / "wmt",
-            "iwslt15_th_en.sh": tmp_path_factory.mktemp("smoke") / "th"}
-    procs = {"wmt14_en_de.sh": start_recipe("wmt14_en_de.sh", runs["wmt14_en_de.sh"], "-j", "2",
-                                            "--config", *SHARDS),
-             "iwslt15_th_en.sh": start_recipe("iwslt15_th_en.sh", runs["iwslt15_th_en.sh"], "-j", "1",
-                                              "data-bin/dict.en.txt")}
-    for recipe, proc in procs.items():
-        finish(recipe, proc)
-    return runs
+    """The WMT14 recipe: every job, the teacher's work in 2 shards, 2 jobs at once."""
+    run = tmp_path_factory.mktemp("smoke") / "wmt"
+    run_recipe("wmt14_en_de.sh", run, "-j", "2", "--config", *SHARDS)
+    return {"wmt14_en_de.sh": run}
 
 
 @pytest.fixture
@@ -289,17 +282,3 @@ def test_killed_training_resumes(wmt_copy):
     loaded = re.findall(r"Loaded checkpoint teacher/checkpoint_last.pt \(epoch (\d+) @ (\d+) updates\)", text)
     assert loaded and int(loaded[-1][0]) >= 3 and int(loaded[-1][1]) > 0, text[-3000:]
     assert "resuming" in text and "end of epoch 7 " in text, resumed.stderr[-2000:]
-
-
-def test_iwslt15_th_en_smoke(smoke_runs):
-    run = smoke_runs["iwslt15_th_en.sh"]
-    prepared = run / "prepared"
-    # train.tags with its talk metadata skipped, two XML test sets concatenated, th/en suffixes
-    manifest = json.loads((prepared / "prepare.json").read_text())
-    assert manifest["splits"]["train"]["read"] == 600
-    assert manifest["splits"]["test"]["kept"] == 60
-    assert manifest["settings"]["spm"]["character_coverage"] == 1.0
-    assert (prepared / "train.th").exists() and (prepared / "test.raw.en").exists()
-    assert "<" not in (prepared / "train.raw.th").read_text()
-    # the jobs after it are the WMT14 recipe's, tested there
-    assert (run / "data-bin" / "test.th-en.th.bin").exists() and not (run / "teacher").exists()
