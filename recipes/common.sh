@@ -27,12 +27,15 @@ run_pipeline() {
   for arg in "$@"; do
     case "$arg" in
       --configfile|--configfiles|--configfile=*|--configfiles=*)
-        die "--configfile would replace the recipe's configuration; add your layer with CONFIGFILE=$(printf '%q' "${arg#*=}") instead";;
+        die "--configfile would replace the recipe's configuration; add your layer with CONFIGFILE=FILE instead";;
       --directory|--directory=*|-d) die "the run folder is RUN=...; do not pass $arg";;
     esac
   done
-  # shellcheck disable=SC2206  # CONFIGFILE lists files separated by spaces
-  [ -n "${CONFIGFILE:-}" ] && configs+=(${CONFIGFILE})
+  local mine
+  for mine in ${CONFIGFILE:-}; do  # files separated by spaces, made absolute (Snakemake runs in RUN)
+    [ -f "$mine" ] || die "CONFIGFILE: $mine is not a file"
+    configs+=("$(cd "$(dirname "$mine")" && pwd)/$(basename "$mine")")
+  done
   mkdir -p "$run"
   run="$(cd "$run" && pwd)"
   if [ -n "${RAW_DIR:-}" ]; then
