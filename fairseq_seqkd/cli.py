@@ -11,7 +11,11 @@ import importlib
 import logging
 import sys
 
+from fairseq_seqkd import register
 from fairseq_seqkd.errors import UserError
+
+# subcommands that never build a fairseq model or task (checkpoints are read with torch alone)
+WITHOUT_FAIRSEQ = {"toy-corpus", "prepare", "evaluate", "report", "ct2-translate"}
 
 SUBCOMMANDS = [
     "toy-corpus",
@@ -59,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     argv = sys.argv[1:] if argv is None else argv
-    # importing a subcommand imports fairseq (seconds): build only the one asked for
+    # importing fairseq takes seconds: build only the subcommand asked for, and register the plugin
+    # with fairseq only for the subcommands that load fairseq models
+    if not argv or argv[0] not in WITHOUT_FAIRSEQ:
+        register()
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args._run(args) or 0)
