@@ -145,7 +145,7 @@ def _say(text: str) -> None:
 
 
 def fingerprint(cmd: Sequence, inputs: Sequence) -> str:
-    """What makes a training the same training: its command and its inputs (path, size, mtime)."""
+    """What makes a work folder's content the same: its command and its inputs (path, size, mtime)."""
     files = []
     for path in sorted(map(str, inputs)):
         st = os.stat(path)
@@ -170,8 +170,8 @@ def write_json(path: str | os.PathLike, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def own_folder(folder: str | os.PathLike, cmd: Sequence, inputs: Sequence, log: str | os.PathLike) -> bool:
-    """Make ``folder`` the work folder of this command and these inputs; True when work can resume.
+def own_folder(folder: str | os.PathLike, cmd: Sequence, inputs: Sequence, log: str | os.PathLike) -> None:
+    """Make ``folder`` the work folder of this command and these inputs, keeping what it can resume from.
 
     ``folder/fingerprint`` records what the folder's content was made with. Same fingerprint: the
     command may resume from what is there (a killed training from checkpoint_last.pt). Another
@@ -181,11 +181,9 @@ def own_folder(folder: str | os.PathLike, cmd: Sequence, inputs: Sequence, log: 
     folder = Path(folder)
     stamp = fingerprint(cmd, inputs)
     marker = folder / "fingerprint"
-    resume = False
     if folder.exists() and any(folder.iterdir()):
         old = marker.read_text().strip() if marker.exists() else None
         if old == stamp:
-            resume = True
             _note(log, f"{folder}: the same command and inputs as the attempt before: resuming")
         else:
             previous = Path(f"{folder}.previous")
@@ -195,7 +193,6 @@ def own_folder(folder: str | os.PathLike, cmd: Sequence, inputs: Sequence, log: 
                        "starting afresh")
     folder.mkdir(parents=True, exist_ok=True)
     marker.write_text(stamp + "\n")
-    return resume
 
 
 def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str | os.PathLike,
@@ -207,13 +204,14 @@ def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str
     at the end: the checkpoint passed on, its sha256 and the seconds this attempt took.
     """
     own_folder(save_dir, cmd, inputs, log)
+    full = [*args(cmd), *args(device)]
     t0 = time.monotonic()
-    run([*args(cmd), *args(device)], log, threads)
+    run(full, log, threads)
     ckpt = Path(save_dir) / checkpoint
     if not ckpt.exists():
         raise JobFailed(f"fairseq-train finished without writing {ckpt}; see {log}")
     write_json(done, {"checkpoint": str(ckpt), "sha256": sha256(ckpt), "seconds": round(time.monotonic() - t0, 1),
-                      "command": [*args(cmd), *args(device)]})
+                      "command": full})
 
 
 def _note(log: str | os.PathLike, text: str) -> None:
@@ -222,7 +220,7 @@ def _note(log: str | os.PathLike, text: str) -> None:
 
 
 def checkpoint_of(done: str | os.PathLike) -> str:
-    """The checkpoint a finished training passes on, checked against the sha256 it recorded."""
+    """The checkpoint a finished training passes on (a JobFailed when it is gone)."""
     with open(done, encoding="utf-8") as f:
         info = json.load(f)
     ckpt = info["checkpoint"]
@@ -252,8 +250,8 @@ def check_config(config: dict, known: set[str]) -> None:
             raise ValueError(f"setting {key} is missing: the recipe's configuration must give the language codes")
     if config["corpus"] not in ("prepare", "toy"):
         raise ValueError(f"corpus: {config['corpus']!r}; use prepare (raw files) or toy (the embedded corpus)")
-    for split in ("train", "valid", "test"):
-        if config["corpus"] == "prepare":
+    if config["corpus"] == "prepare":
+        for split in ("train", "valid", "test"):
             raw_pairs(config, split)
 
 
