@@ -18,6 +18,9 @@ The task hooks here:
   split: fairseq-generate 0.12 ignores those options (it shards by the distributed world
   size instead, so every "shard" would translate the whole set); with this task shard I
   gets batches I, I+N, ... of the unsharded batching, the split of fairseq's own iterator.
+  Without them, a generation outside torch.distributed translates the whole split even when
+  ``--distributed-world-size`` is above 1 (its default on a machine with several GPUs:
+  fairseq-generate would then translate 1/N of the split in its single process).
 """
 
 from dataclasses import dataclass, field
@@ -74,6 +77,11 @@ def _config_value(cfg, name: str, default):
         return type(default)(value) if default is not None else value
     except Exception:  # omegaconf's interpolation errors, a plain dataclass's "${...}" string
         return default
+
+
+def _distributed() -> bool:
+    """Whether this process is one rank of several (torch.distributed initialised)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def bleu_from_config(cfg: SeqInterConfig) -> SentenceBLEU:
@@ -179,7 +187,10 @@ class SeqInterMixin:
                            grouped_shuffling=False, update_epoch_batch_itr=False):
         shards = _config_value(self.cfg, "generation_num_shards", 1)
         subset = _config_value(self.cfg, "generation_subset", None)
-        if shards > 1 and subset in self.datasets and dataset is self.datasets[subset]:
+        generating = subset in self.datasets and dataset is self.datasets[subset]
+        if generating and (shards > 1 or (num_shards > 1 and not _distributed())):
+            # fairseq-generate shards by --distributed-world-size, which defaults to the number of
+            # GPUs, but runs one process: the other "ranks" would never translate their share
             num_shards, shard_id = shards, _config_value(self.cfg, "generation_shard_id", 0)
             if not 0 <= shard_id < num_shards:
                 raise UserError(f"--shard-id {shard_id} is not below --num-shards {num_shards}")

@@ -144,3 +144,17 @@ def test_task_hooks_in_process(toy_data_bin, toy_teacher):
     with pytest.raises(UserError, match="no target side"):
         task.inference_step(generator, models, sample)
     del model
+
+
+def test_generation_outside_distributed_translates_everything(toy_data_bin, toy_teacher, tmp_path):
+    # --distributed-world-size 2 is what fairseq-generate defaults to on a machine with 2 GPUs;
+    # it runs one process, so sharding by it would translate half of the split
+    out = _generate(toy_data_bin, toy_teacher, tmp_path / "ws2.txt", "--seq-inter", "--nbest", 1,
+                    "--max-tokens", 300, "--distributed-world-size", 2)
+    refs, hyps = _candidates(out)
+    assert sorted(hyps) == sorted(refs) == list(range(TEST_SENTENCES))
+    # shards of a sharded run still split the set between them
+    halves = [_candidates(_generate(toy_data_bin, toy_teacher, tmp_path / f"s{i}.txt", "--nbest", 1,
+                                    "--max-tokens", 300, "--distributed-world-size", 2,
+                                    "--num-shards", 2, "--shard-id", i))[1] for i in range(2)]
+    assert not set(halves[0]) & set(halves[1]) and sorted([*halves[0], *halves[1]]) == list(range(TEST_SENTENCES))
