@@ -78,11 +78,11 @@ def uses_gpu(device: str) -> bool:
     return device == "gpu" or (device == "auto" and gpu_available())
 
 
-def device_args(device: str, training: bool = False, fp16_args: Sequence = ()) -> list[str]:
-    """``--cpu`` without a GPU; on a GPU, the half-precision options for training."""
+def device_args(device: str, gpu_args: Sequence = ()) -> list[str]:
+    """``--cpu`` without a GPU; on a GPU, ``gpu_args`` (a training's or the teacher's half precision)."""
     if not uses_gpu(device):
         return ["--cpu"]
-    return args(fp16_args) if training else []
+    return args(gpu_args)
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -193,6 +193,33 @@ def own_folder(folder: str | os.PathLike, cmd: Sequence, inputs: Sequence, log: 
                        "starting afresh")
     folder.mkdir(parents=True, exist_ok=True)
     marker.write_text(stamp + "\n")
+
+
+def run_chunks(cmds: Sequence[Sequence], output: str | os.PathLike, log: str | os.PathLike, inputs: Sequence,
+               threads: int = 1, device: Sequence = ()) -> None:
+    """Run commands that each print one chunk of ``output``, then join the chunks into ``output``.
+
+    Chunk ``c`` is written to ``OUTPUT.chunks/chunkC.txt`` (through a ``.tmp`` and a rename, its
+    stderr beside it) and a finished chunk is not run again: a killed job resumes from its last
+    finished chunk. The folder is owned like a training's (:func:`own_folder`): other commands or
+    inputs start afresh. ``output`` appears, whole, only when every chunk is there.
+    """
+    folder = Path(f"{output}.chunks")
+    own_folder(folder, [list(args(c)) for c in cmds], inputs, log)
+    files = [folder / f"chunk{c:04d}.txt" for c in range(len(cmds))]
+    for c, (cmd, path) in enumerate(zip(cmds, files)):
+        if path.exists():
+            _note(log, f"{path}: chunk {c + 1} of {len(cmds)} finished before: not run again")
+            continue
+        run([*args(cmd), *device], log, threads, stdout=path, stderr=f"{path}.log")
+    tmp = Path(f"{output}.tmp")
+    with open(tmp, "wb") as out:
+        for path in files:
+            with open(path, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+    os.replace(tmp, output)
+    for path in files:  # the joined output holds them; a rerun of this job would start afresh anyway
+        path.unlink()
 
 
 def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str | os.PathLike,

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -300,3 +302,85 @@ def test_killed_training_resumes(wmt_copy):
     loaded = re.findall(r"Loaded checkpoint teacher/checkpoint_last.pt \(epoch (\d+) @ (\d+) updates\)", text)
     assert loaded and int(loaded[-1][0]) >= 2 and int(loaded[-1][1]) > 0, text[-3000:]
     assert "resuming" in text and "end of epoch 5 " in text, resumed.stderr[-2000:]
+
+
+def test_killed_generation_shard_resumes_from_its_last_piece(wmt_copy, tmp_path):
+    # every translation shard runs in 2 pieces (smoke.yaml's generate_chunks): shard 0 of the
+    # Seq-KD corpus is pieces 0 and 1 of 4; piece 1 fails the first time
+    bad = tmp_path / "bin"
+    bad.mkdir()
+    real = shutil.which("fairseq-generate", path=str(BIN))
+    (bad / "fairseq-generate").write_text(
+        "#!/usr/bin/env bash\n"
+        "prev=\nfor a in \"$@\"; do\n"
+        "  [ \"$prev\" = --shard-id ] && [ \"$a\" = 1 ] && { echo 'injected failure' >&2; exit 3; }\n"
+        "  prev=$a\ndone\n"
+        f"exec {real} \"$@\"\n")
+    (bad / "fairseq-generate").chmod(0o755)
+    target, beam = "data-bin-seqkd/train.extract.json", "seqkd_beam=4"
+    failed = run_recipe("wmt14_en_de.sh", wmt_copy, target, "-j", "1", "--config", *SHARDS, beam, check=False,
+                        path_first=bad)
+    assert failed.returncode != 0 and "injected failure" in failed.stderr, failed.stderr[-3000:]
+    pieces = wmt_copy / "seqkd-gen" / "shard0000.txt.chunks"
+    assert (pieces / "chunk0000.txt").exists() and not (pieces / "chunk0001.txt").exists()
+    assert not (wmt_copy / "seqkd-gen" / "shard0000.txt").exists()
+    resumed = run_recipe("wmt14_en_de.sh", wmt_copy, target, "-j", "1", "--config", *SHARDS, beam)
+    log = (wmt_copy / "logs" / "generate_shard.seqkd.0000.log").read_text()
+    assert "chunk 1 of 2 finished before: not run again" in log.split("starting afresh")[-1], log[-2000:]
+    assert ran(resumed).count("generate_shard.seqkd.0000") == 1, resumed.stderr[-3000:]  # piece 1 alone
+    report = json.loads((wmt_copy / target).read_text())
+    assert report["sentences"] == report["written"] == 600, report
+    assert "--beam 4" in log.split("starting afresh")[-1]
+
+
+def test_generation_translates_everything_on_a_machine_with_two_gpus(smoke_runs, tmp_path):
+    # fairseq-generate and fairseq-validate default --distributed-world-size to the number of GPUs
+    # (fairseq-generate then translates 1/N of the data): rerun every generation and validation
+    # command of the run with torch reporting 2 GPUs (on this CPU), as the pipeline ran it
+    run = smoke_runs["wmt14_en_de.sh"]
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import torch\ntorch.cuda.device_count = lambda: 2\n")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(site)}
+    probe = subprocess.run([str(BIN / "python"), "-c", "from fairseq.dataclass.configs import "
+                            "DistributedTrainingConfig as D; print(D().distributed_world_size)"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "2"  # the simulation takes: fairseq's default is now 2
+    commands = {}
+    for log in sorted((run / "logs").glob("*.log")):
+        for line in log.read_text().splitlines():
+            cmd = line.partition(" | ")[2].split(" ")
+            if cmd[0] in ("fairseq-generate", "fairseq-validate"):
+                kind = (log.stem.split(".")[0], cmd[0], "--seq-inter" in cmd)
+                commands.setdefault(kind, line.partition(" | ")[2])
+    kinds = {(rule, cmd) for rule, cmd, _ in commands}
+    assert {("generate_shard", "fairseq-generate"), ("evaluate", "fairseq-generate"),
+            ("evaluate", "fairseq-validate"), ("prune_point", "fairseq-generate"),
+            ("check_export", "fairseq-generate")} <= kinds, kinds
+    for (rule, name, _), line in commands.items():
+        cmd = shlex.split(line)
+        if rule == "generate_shard":  # one piece of one shard: ask for the whole set instead
+            i = cmd.index("--num-shards")
+            del cmd[i:i + 4]
+        proc = subprocess.run(cmd, cwd=run, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, (line, proc.stderr[-2000:])
+        if name == "fairseq-generate":
+            ids = {int(m) for m in re.findall(r"^H-(\d+)\t", proc.stdout, re.M)}
+            expected = 600 if "--gen-subset train" in line else 30
+            assert ids == set(range(expected)), (line, len(ids))
+
+
+def test_generation_batches_are_bounded():
+    # the full recipes' teacher translations: batches by tokens, outputs bounded by the source
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import jobs
+
+    for recipe in ("wmt14_en_de", "iwslt15_th_en", "multi30k_en_de"):
+        config = {}
+        for layer in ("defaults", recipe):
+            config.update(jobs.load_yaml(ROOT / "recipes" / "config" / f"{layer}.yaml") or {})
+        gen = [str(a) for a in config["generate_args"]]
+        options = dict(zip(gen[::2], gen[1::2]))
+        assert "--batch-size" not in options and int(options["--max-tokens"]) <= 4096, (recipe, gen)
+        assert float(options["--max-len-a"]) <= 1.5 and int(options["--max-len-b"]) <= 20, (recipe, gen)
+        assert config["generate_fp16_args"] == ["--fp16"], recipe
