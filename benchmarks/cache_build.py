@@ -54,7 +54,8 @@ def main() -> int:
     start = time.perf_counter()
 
     import fairseq_seqkd  # noqa: F401  (registrations, safe globals)
-    from fairseq_seqkd.teacher_cache import build_cache, load_split, load_teacher_for_data, teacher_batches
+    from fairseq_seqkd.fairseq_glue import load_split, load_teacher_for_data, teacher_batches
+    from fairseq_seqkd.teacher_cache_build import build_cache
 
     with tempfile.TemporaryDirectory(prefix="cache_build.") as work:
         data = prepare_data(work, train_size)

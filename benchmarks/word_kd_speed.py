@@ -10,7 +10,7 @@ Setup:
 - student: fairseq ``transformer`` 2+2 layers, d=64 (ffn 256, 4 heads); teacher: 4x wider and
   2x deeper, 4+4 layers, d=256 (ffn 1024, 4 heads). Random weights (seeded), saved as a fairseq
   checkpoint: step time does not depend on training.
-- the cache: ``fairseq_seqkd.teacher_cache.build_cache`` at k=8 over the train split; batches
+- the cache: ``fairseq_seqkd.teacher_cache_build.build_cache`` at k=8 over the train split; batches
   come from task ``translation_kd --teacher-cache``, so they carry the cached top-k.
 - one training step = criterion forward + backward + Adam step, for three students with the
   same initial weights: ``label_smoothed_cross_entropy``, ``word_kd`` from the cache,
@@ -124,7 +124,7 @@ def main() -> int:
 
     import fairseq_seqkd  # noqa: F401  (registers translation_kd and word_kd)
     from fairseq_seqkd.criterions.word_kd import TEACHER_IDS_KEY, TEACHER_PROBS_KEY
-    from fairseq_seqkd.teacher_cache import build_cache
+    from fairseq_seqkd.teacher_cache_build import build_cache
 
     with tempfile.TemporaryDirectory(prefix="word_kd_speed.") as work:
         data = prepare_data(work, train_size)

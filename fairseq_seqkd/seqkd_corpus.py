@@ -147,7 +147,7 @@ def _language_pair_data(data: str, split: str, source_lang: str | None, target_l
     """(task, dataset of ``split``, data folder) loaded as fairseq-generate loads it (no combine)."""
     from fairseq import utils
 
-    from fairseq_seqkd.teacher_cache import setup_translation_task
+    from fairseq_seqkd.fairseq_glue import setup_translation_task
 
     task = setup_translation_task(data, source_lang, target_lang)
     try:

@@ -9,17 +9,23 @@ splits):
                                         of the teacher checkpoint and the target dictionary,
                                         and the list of shards. Written once every shard is done.
     SPLIT.shardIIII-of-NNNN.bin         one shard: sentences [first, first + n) of the split.
-    SPLIT.shardIIII-of-NNNN.bin.tmp     a shard being written (left behind only by a crash).
+    SPLIT.shardIIII-of-NNNN.bin.tmp     a shard being written, or left by an interrupted build.
 
-A shard file is: 8 magic bytes ``SEQKDTC1``, its own JSON header padded to 4096 bytes, then
-three arrays at 64-byte aligned offsets named in that header: ``offsets`` (int64, n + 1,
-token offsets of its sentences), ``ids`` (num_tokens x k; uint16 when the dictionary has at
-most 65536 symbols, else int32) and ``probs`` (num_tokens x k, float16), both sorted by
-decreasing probability per token. Files are read with ``np.memmap`` and never loaded whole.
+A shard file (format version 2) is: 8 magic bytes ``SEQKDTC2``, its own JSON header padded to
+4096 bytes, then three arrays at 64-byte aligned offsets named in that header: ``offsets``
+(int64, n + 1, token offsets of its sentences), ``ids`` (num_tokens x k; uint16 when the
+dictionary has at most 65536 symbols, else int32) and ``probs`` (num_tokens x k, float16), both
+sorted by decreasing probability per token. Its header also holds ``target_tokens_sha256``
+(sha256 of the target token ids of its sentences as little-endian int32, in sentence order: the
+cache is checked against the tokens of the data, not only their lengths) and ``crc32`` (zlib
+CRC-32 of each of the three arrays, written at commit). Files are read with ``np.memmap`` and
+never loaded whole. Version 1 (no hash, no checksums) is refused with a request to rebuild.
 
-A shard is written to ``.tmp`` and renamed when complete, so an interrupted build resumes by
-skipping finished shards and rebuilding a partial one. The cache knows nothing of training:
-:class:`TeacherCacheDataset` only adds ``teacher_topk_ids`` / ``teacher_topk_probs`` to samples.
+A shard is written to ``.tmp`` in chunks of sentences; after each chunk the data is flushed
+and the chunk recorded (``done_sentences``) in the ``.tmp`` file's own header, so a build killed
+partway resumes from its last completed chunk, and the file is renamed when complete. The cache
+knows nothing of training or of fairseq: ``teacher_cache_dataset`` checks it against a dataset
+and adds it to samples, ``teacher_cache_build`` runs the teacher.
 """
 
 from __future__ import annotations
@@ -30,25 +36,27 @@ import json
 import logging
 import os
 import re
-import time
+import zlib
 
 import numpy as np
-import torch
-from fairseq.data import BaseWrapperDataset, BucketPadLengthDataset, Dictionary
 
-from fairseq_seqkd.criterions.word_kd import TEACHER_IDS_KEY, TEACHER_PROBS_KEY, load_teacher, teacher_topk
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.io_utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "fairseq-seqkd teacher top-k cache"
-FORMAT_VERSION = 1
-MAGIC = b"SEQKDTC1"
+FORMAT_VERSION = 2
+MAGIC_PREFIX = b"SEQKDTC"
+MAGIC = MAGIC_PREFIX + str(FORMAT_VERSION).encode("ascii")
 SHARD_HEADER_BYTES = 4096
 ALIGN = 64
 PROBS_DTYPE = "float16"
 OFFSETS_DTYPE = "int64"
+ARRAYS = ("offsets", "ids", "probs")
+# float16 bit patterns in [0, 1] are exactly those <= 0x3C00 (1.0): negatives, inf and NaN are above
+_FP16_ONE_BITS = 0x3C00
+_BLOCK_BYTES = 16 << 20  # reads for checksums and value scans
 # What must agree between the shards of one cache, and between a cache and a resumed build.
 IDENTITY_KEYS = ("format", "version", "split", "k", "ids_dtype", "probs_dtype", "vocab_size",
                  "teacher_checkpoint_sha256", "target_dictionary_sha256", "total_sentences", "num_shards")
@@ -77,8 +85,8 @@ def ids_dtype_for(vocab_size: int) -> str:
     return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "int32"
 
 
-def dictionary_hash(dictionary: Dictionary) -> str:
-    """sha256 of the dictionary's symbols in id order (counts do not change token ids)."""
+def dictionary_hash(dictionary) -> str:
+    """sha256 of a fairseq dictionary's symbols in id order (counts do not change token ids)."""
     return hashlib.sha256("\n".join(dictionary.symbols).encode("utf-8")).hexdigest()
 
 
@@ -100,10 +108,31 @@ def _rebuild_hint(split: str, directory: str) -> str:
             "(with the options of the first run)")
 
 
+def _shard_fix(path: str, shard: dict) -> str:
+    """What to do about one damaged shard file."""
+    directory = os.path.dirname(path) or "."
+    return (f"Delete {path} and rebuild that shard with `fairseq-seqkd cache DATA --path TEACHER.pt --split "
+            f"{shard['split']} --out {directory} --num-shards {shard['num_shards']} --shard-id "
+            f"{shard['shard_id']}` (with the options of the first run), then check the cache with "
+            f"`fairseq-seqkd cache DATA --verify --split {shard['split']} --out {directory}`")
+
+
+def _old_version_error(path: str, version: object) -> UserError:
+    return UserError(f"{path}: a version-{version} {FORMAT_NAME}, written by an older fairseq-seqkd; this one "
+                     f"reads version {FORMAT_VERSION} (which adds per-shard checksums and a hash of the target "
+                     "tokens). Delete the split's files of that cache (SPLIT.header.json, SPLIT.shard*) and "
+                     "rebuild it with `fairseq-seqkd cache`")
+
+
 # ----------------------------------------------------------------------------- shard files
 
 class ShardWriter:
-    """Writes one shard to ``PATH.tmp`` through memory maps and renames it on :meth:`commit`."""
+    """Writes one shard to ``PATH.tmp`` through memory maps, chunk by chunk; renamed on :meth:`commit`.
+
+    A ``.tmp`` left by an interrupted build of the same shard (same identity, sentence range,
+    target tokens and layout) is reopened and its recorded sentences kept (``self.done``); any
+    other ``.tmp`` is started afresh.
+    """
 
     def __init__(self, path: str, meta: dict, lengths: np.ndarray):
         self.path, self.tmp = path, path + ".tmp"
@@ -119,16 +148,26 @@ class ShardWriter:
         end = probs_at + ntok * k * np.dtype(PROBS_DTYPE).itemsize
         self.header = {**meta, "num_sentences": n, "num_tokens": ntok, "offsets_at": offsets_at,
                        "ids_at": ids_at, "probs_at": probs_at, "bytes": end}
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(self.tmp, "wb") as f:
-            f.write(_encode_shard_header(self.header))
-            f.truncate(end)
         self.offsets = offsets
-        self._offsets_map = np.memmap(self.tmp, np.int64, "r+", offset=offsets_at, shape=(n + 1,))
-        self._offsets_map[:] = offsets
+        self.done, why = (None, "none") if not os.path.exists(self.tmp) else _progress(self.tmp, self.header,
+                                                                                      offsets)
+        if self.done is None:
+            if why != "none":
+                logger.warning("%s: a partial shard that cannot be resumed (%s); starting it afresh", self.tmp,
+                               why)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(self.tmp, "wb") as f:
+                f.write(_encode_shard_header({**self.header, "done_sentences": 0}))
+                f.truncate(end)
+            offsets_map = np.memmap(self.tmp, np.int64, "r+", offset=offsets_at, shape=(n + 1,))
+            offsets_map[:] = offsets
+            offsets_map.flush()
+            del offsets_map
+            self.done = 0
         self.ids = _map(self.tmp, meta["ids_dtype"], "r+", ids_at, (ntok, k))
         self.probs = _map(self.tmp, PROBS_DTYPE, "r+", probs_at, (ntok, k))
         self.written = np.zeros(n, dtype=bool)
+        self.written[:self.done] = True
 
     def write(self, local_index: int, ids: np.ndarray, probs: np.ndarray) -> None:
         """Store sentence ``first + local_index``: (length, k) ids and probs."""
@@ -143,30 +182,80 @@ class ShardWriter:
         self.probs[lo:hi] = probs
         self.written[local_index] = True
 
-    def commit(self) -> dict:
-        """Check every sentence was written, flush, rename to the final name; return the shard header."""
-        missing = np.flatnonzero(~self.written)
+    def _check_written(self, lo: int, hi: int) -> None:
+        missing = lo + np.flatnonzero(~self.written[lo:hi])
         if len(missing):
             self.abort()
             raise UserError(
-                f"{self.path}: the teacher saw {len(self.written) - len(missing)} of the "
-                f"{len(self.written)} sentences of this shard (first missing: sentence "
-                f"{self.header['first_sentence'] + int(missing[0])}); fairseq's batching dropped "
-                "sentences. Nothing was written; report this with the command you ran.")
-        for m in (self._offsets_map, self.ids, self.probs):
+                f"{self.path}: the teacher saw {hi - lo - len(missing)} of the {hi - lo} sentences "
+                f"{self.header['first_sentence'] + lo}..{self.header['first_sentence'] + hi} of this shard "
+                f"(first missing: sentence {self.header['first_sentence'] + int(missing[0])}); fairseq's "
+                "batching dropped sentences. Nothing was kept; report this with the command you ran.")
+
+    def _flush(self) -> None:
+        for m in (self.ids, self.probs):
             if isinstance(m, np.memmap):
                 m.flush()
-        self._offsets_map = self.ids = self.probs = None
-        with open(self.tmp, "rb+") as f:
+
+    def _write_header(self, header: dict) -> None:
+        # one 4096-byte write at offset 0, synced: the data it describes was flushed before
+        with open(self.tmp, "r+b") as f:
+            f.write(_encode_shard_header(header))
+            f.flush()
             os.fsync(f.fileno())
+
+    def record_progress(self, done: int) -> None:
+        """Flush the shard's sentences [0, done) and record them as done, so a rerun resumes after them."""
+        self._check_written(self.done, done)
+        self._flush()
+        self._write_header({**self.header, "done_sentences": done})
+        self.done = done
+
+    def commit(self) -> dict:
+        """Check every sentence was written, flush, checksum, rename to the final name; return the header."""
+        self._check_written(self.done, len(self.written))
+        self._flush()
+        self.ids = self.probs = None
+        self.header = {**self.header, "crc32": data_checksums(self.tmp, self.header)}
+        self._write_header(self.header)
         os.replace(self.tmp, self.path)
         return self.header
 
+    def close(self) -> None:
+        """Drop the memory maps and keep the ``.tmp`` with its recorded progress (an interrupted build)."""
+        self.ids = self.probs = None
+
     def abort(self) -> None:
         """Drop the temporary file."""
-        self._offsets_map = self.ids = self.probs = None
+        self.close()
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
+
+
+def _progress(tmp: str, header: dict, offsets: np.ndarray) -> tuple[int | None, str]:
+    """(sentences recorded as done in the partial shard ``tmp`` that ``header`` describes, "") or (None, why)."""
+    try:
+        size = os.path.getsize(tmp)
+        with open(tmp, "rb") as f:
+            head = f.read(SHARD_HEADER_BYTES)
+        if not head.startswith(MAGIC):
+            return None, "another format version, or a damaged header"
+        found = json.loads(head[len(MAGIC):].decode("utf-8"))
+    except (OSError, ValueError):
+        return None, "its header is unreadable"
+    if size != header["bytes"]:
+        return None, f"{size} bytes on disk but {header['bytes']} expected"
+    # the checkpoint's path may change between runs; its sha256 says whether it is the same teacher
+    for key, value in header.items():
+        if key != "teacher_checkpoint" and found.get(key) != value:
+            return None, f"{key} is {found.get(key)!r} there but {value!r} here"
+    # a header with checksums: the build died between its final header and the rename
+    done = found.get("done_sentences", header["num_sentences"] if "crc32" in found else None)
+    if not isinstance(done, int) or not 0 <= done <= header["num_sentences"]:
+        return None, "no progress recorded"
+    if not np.array_equal(_map(tmp, OFFSETS_DTYPE, "r", header["offsets_at"], offsets.shape), offsets):
+        return None, "its sentence offsets differ"
+    return done, ""
 
 
 def _map(path: str, dtype: str, mode: str, offset: int, shape: tuple) -> np.ndarray:
@@ -183,11 +272,50 @@ def _encode_shard_header(header: dict) -> bytes:
     return MAGIC + text + b" " * (room - len(text)) + b"\n"
 
 
+def _array_spans(header: dict) -> dict[str, tuple[int, int]]:
+    """(byte offset, byte length) of each data array of a shard."""
+    n, ntok, k = header["num_sentences"], header["num_tokens"], header["k"]
+    return {"offsets": (header["offsets_at"], 8 * (n + 1)),
+            "ids": (header["ids_at"], ntok * k * np.dtype(header["ids_dtype"]).itemsize),
+            "probs": (header["probs_at"], ntok * k * np.dtype(header["probs_dtype"]).itemsize)}
+
+
+def data_checksums(path: str, header: dict) -> dict[str, int]:
+    """zlib CRC-32 of each data array (offsets, ids, probs) of the shard file ``path``."""
+    buf = bytearray(_BLOCK_BYTES)
+    view = memoryview(buf)
+    out = {}
+    with open(path, "rb", buffering=0) as f:
+        for name, (at, nbytes) in _array_spans(header).items():
+            f.seek(at)
+            crc = 0
+            while nbytes > 0:
+                got = f.readinto(view[:min(_BLOCK_BYTES, nbytes)])
+                if not got:
+                    break  # a short file: read_shard_header reports the size
+                crc = zlib.crc32(view[:got], crc)
+                nbytes -= got
+            out[name] = crc
+    return out
+
+
+def verify_checksums(path: str, shard: dict) -> None:
+    """Stop with a UserError naming the shard file unless its arrays have the CRC-32s recorded at commit."""
+    found = data_checksums(path, shard)
+    for name in ARRAYS:
+        if found[name] != shard["crc32"][name]:
+            raise UserError(f"{path}: damaged: the CRC-32 of its {name} array is {found[name]:08x} but "
+                            f"{shard['crc32'][name]:08x} was recorded when the shard was written. "
+                            + _shard_fix(path, shard))
+
+
 def read_shard_header(path: str) -> dict:
-    """The JSON header of a finished shard file; a truncated or foreign file is a UserError."""
+    """The JSON header of a finished shard file; a truncated, foreign or old file is a UserError."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(SHARD_HEADER_BYTES)
+    if head.startswith(MAGIC_PREFIX) and not head.startswith(MAGIC):
+        raise _old_version_error(path, head[len(MAGIC_PREFIX):len(MAGIC)].decode("ascii", "replace"))
     if not head.startswith(MAGIC):
         raise UserError(f"{path}: not a {FORMAT_NAME} shard (bad magic bytes); delete it and rebuild the "
                         "cache with `fairseq-seqkd cache`")
@@ -202,6 +330,9 @@ def read_shard_header(path: str) -> dict:
         raise UserError(f"{path}: {what}: {size} bytes on disk but {header['bytes']} expected "
                         f"(shard {header['shard_id']} of {header['num_shards']}). Delete the file and rerun "
                         "`fairseq-seqkd cache` with the same options: it rebuilds only the missing shard.")
+    if "crc32" not in header:
+        raise UserError(f"{path}: its header has no checksums (a partial shard renamed by hand?). "
+                        + _shard_fix(path, header))
     return header
 
 
@@ -230,7 +361,10 @@ def _identity_diff(a: dict, b: dict) -> str | None:
 
 
 def merge_shards(directory: str, split: str) -> dict:
-    """Write ``SPLIT.header.json`` from the finished shards and return it; incomplete is a UserError."""
+    """Check every shard (checksums included), write ``SPLIT.header.json`` and return it.
+
+    An incomplete or inconsistent set of shards, or a damaged shard, is a UserError.
+    """
     finished, partial = _scan(directory, split)
     if not finished and not partial:
         raise _missing_cache_error(directory, split)
@@ -248,7 +382,7 @@ def merge_shards(directory: str, split: str) -> dict:
             f"{missing or 'none'}, partial (interrupted) files: "
             f"{[os.path.basename(p) for p in partial] or 'none'}. Finish it by rerunning "
             f"{_rebuild_hint(split, directory)} with --num-shards {num_shards or 'N'}: finished shards are "
-            "kept, partial ones rebuilt.")
+            "kept, partial ones resumed.")
     headers = [read_shard_header(found[i]) for i in range(num_shards)]
     for i, h in enumerate(headers):
         diff = _identity_diff(headers[0], h)
@@ -260,6 +394,8 @@ def merge_shards(directory: str, split: str) -> dict:
             raise UserError(f"{found[i]}: covers sentences {h['first_sentence']}.."
                             f"{h['first_sentence'] + h['num_sentences']} but shard {i} of {num_shards} "
                             f"should cover {first}..{end}; delete it and rebuild that shard")
+    for i, h in enumerate(headers):
+        verify_checksums(found[i], h)
     header = {key: headers[0][key] for key in IDENTITY_KEYS if key != "total_sentences"}
     header.update(
         offsets_dtype=OFFSETS_DTYPE,
@@ -313,7 +449,9 @@ class TeacherCache:
         except ValueError as e:
             raise UserError(f"{self.header_file}: not valid JSON ({e}); delete it and run "
                             f"`fairseq-seqkd cache DATA --verify --split {split} --out {directory}`") from e
-        if header.get("format") != FORMAT_NAME or header.get("version") != FORMAT_VERSION:
+        if header.get("format") == FORMAT_NAME and header.get("version") != FORMAT_VERSION:
+            raise _old_version_error(self.header_file, header.get("version"))
+        if header.get("format") != FORMAT_NAME:
             raise UserError(f"{self.header_file}: not a version-{FORMAT_VERSION} {FORMAT_NAME} header; "
                             f"rebuild the cache with {_rebuild_hint(split, directory)}")
         if header["split"] != split:
@@ -371,6 +509,38 @@ class TeacherCache:
         for s, (offsets, _, _) in zip(self.shards, self._open()):
             yield s, np.diff(np.asarray(offsets))
 
+    def verify_checksums(self) -> None:
+        """Read every shard whole and compare its CRC-32s with those recorded at commit (about 1.5 GB/s)."""
+        for s in self.shards:
+            verify_checksums(s["path"], s)
+
+    def check_values(self) -> None:
+        """A scan at memory speed that stops damage from reaching training.
+
+        Offsets start at 0, never decrease and end at the token count; every id lies below the
+        vocabulary size; every probability is in [0, 1] (no NaN). Cheaper than the checksums
+        (a max over the arrays, no hashing), though a damaged block of plausible values passes.
+        """
+        vocab = int(self.header["vocab_size"])
+        for s, (offsets, ids, probs) in zip(self.shards, self._open()):
+            offsets = np.asarray(offsets)
+            if offsets[0] != 0 or offsets[-1] != s["num_tokens"] or (np.diff(offsets) < 0).any():
+                raise UserError(f"{s['path']}: damaged: its sentence offsets are not a running count of "
+                                f"{s['num_tokens']} tokens. " + _shard_fix(s["path"], s))
+            rows = max(1, _BLOCK_BYTES // max(1, ids.strides[0]))
+            for lo in range(0, s["num_tokens"], rows):
+                block = np.asarray(ids[lo:lo + rows])
+                if block.max() >= vocab or block.min() < 0:
+                    bad = np.flatnonzero(((block >= vocab) | (block < 0)).any(axis=1))[0]
+                    raise UserError(f"{s['path']}: damaged: token {lo + bad} of the shard holds id "
+                                    f"{int(block[bad].max())}, outside the vocabulary of {vocab}. "
+                                    + _shard_fix(s["path"], s))
+                bits = np.asarray(probs[lo:lo + rows]).view(np.uint16)
+                if bits.max() > _FP16_ONE_BITS:
+                    bad = np.flatnonzero((bits > _FP16_ONE_BITS).any(axis=1))[0]
+                    raise UserError(f"{s['path']}: damaged: token {lo + bad} of the shard holds a "
+                                    "probability outside [0, 1] (or NaN). " + _shard_fix(s["path"], s))
+
     def close(self) -> None:
         """Drop the memory maps (reopened lazily on the next access)."""
         self._maps = None
@@ -379,297 +549,3 @@ class TeacherCache:
         state = dict(self.__dict__)
         state["_maps"] = None  # a pickled memmap would copy the data; each process maps its own
         return state
-
-
-def target_lengths(dataset) -> np.ndarray:
-    """True target length of each sentence of a language-pair dataset (before bucket padding)."""
-    tgt, sizes = getattr(dataset, "tgt", None), getattr(dataset, "tgt_sizes", None)
-    if tgt is None or sizes is None:
-        raise UserError(f"a teacher cache needs a translation dataset with a target side; got "
-                        f"{type(dataset).__name__}")
-    if isinstance(tgt, BucketPadLengthDataset):  # --num-batch-buckets pads sizes to bucket lengths
-        return np.asarray(tgt.dataset.sizes)
-    return np.asarray(sizes)
-
-
-def check_against_dataset(cache: TeacherCache, dataset, tgt_dict: Dictionary) -> None:
-    """Stop with a UserError unless dictionary, sentence count and every target length match."""
-    where, fix = cache.header_file, _rebuild_hint(cache.split, cache.directory)
-    expected = dictionary_hash(tgt_dict)
-    if cache.header["target_dictionary_sha256"] != expected:
-        raise UserError(f"{where}: built over another target dictionary (sha256 "
-                        f"{cache.header['target_dictionary_sha256'][:12]}.. with "
-                        f"{cache.header['vocab_size']} symbols; this data's is {expected[:12]}.. with "
-                        f"{len(tgt_dict)}). Rebuild the cache from this data: {fix}")
-    if len(cache) != len(dataset):
-        raise UserError(f"{where}: holds {len(cache)} sentences but split '{cache.split}' of this data has "
-                        f"{len(dataset)}: it was built from other data. Rebuild it: {fix}")
-    sizes = target_lengths(dataset)
-    for shard, lengths in cache.shard_lengths():
-        first = shard["first_sentence"]
-        bad = np.flatnonzero(lengths != sizes[first:first + len(lengths)])
-        if len(bad):
-            i = int(bad[0])
-            raise UserError(f"{shard['path']}: sentence {first + i} has {int(lengths[i])} target tokens "
-                            f"in the cache but {int(sizes[first + i])} in the data ({len(bad)} sentences of "
-                            f"this shard differ): the cache was built from other data. Rebuild it: {fix}")
-    cache.close()  # opened for the check; workers map the files themselves
-
-
-class TeacherCacheDataset(BaseWrapperDataset):
-    """Adds ``teacher_topk_ids`` (long) / ``teacher_topk_probs`` (float16), (B, T, k), to each batch.
-
-    They are aligned and padded like ``target`` (right or left padding, bucketing, any batch
-    order); padded positions hold id 0 with probability 0.
-    """
-
-    def __init__(self, dataset, cache: TeacherCache, pad: int):
-        super().__init__(dataset)
-        self.cache = cache
-        self.pad = pad
-        self.left_pad_target = bool(getattr(dataset, "left_pad_target", False))
-
-    def __getitem__(self, index):
-        item = self.dataset[index]
-        ids, probs = self.cache[index]
-        item[TEACHER_IDS_KEY] = torch.from_numpy(ids.astype(np.int64))
-        item[TEACHER_PROBS_KEY] = torch.from_numpy(np.array(probs, dtype=np.float16))
-        return item
-
-    def collater(self, samples):
-        batch = self.dataset.collater(samples)
-        if not batch or batch.get("target") is None:
-            return batch
-        target = batch["target"]
-        bsz, width = target.shape
-        by_id = {int(s["id"]): s for s in samples}
-        rows = [by_id[sid] for sid in batch["id"].tolist()]  # the collater's (sorted) row order
-        cached = torch.tensor([s[TEACHER_IDS_KEY].size(0) for s in rows])
-        lengths = target.ne(self.pad).sum(dim=1)
-        if not torch.equal(cached, lengths):
-            row = int((cached != lengths).nonzero()[0, 0])
-            raise UserError(f"{self.cache.header_file}: sentence {int(batch['id'][row])} has "
-                            f"{int(cached[row])} cached positions but {int(lengths[row])} target tokens in "
-                            "the batch; rebuild the cache")
-        # left padding puts the tokens at the end of each row, right padding at its start;
-        # a boolean mask fills row by row, in the order of the concatenation
-        cols = torch.arange(width)
-        mask = cols >= width - lengths[:, None] if self.left_pad_target else cols < lengths[:, None]
-        ids = torch.zeros(bsz, width, self.cache.k, dtype=torch.long)
-        probs = torch.zeros(bsz, width, self.cache.k, dtype=torch.float16)
-        ids[mask] = torch.cat([s[TEACHER_IDS_KEY] for s in rows])
-        probs[mask] = torch.cat([s[TEACHER_PROBS_KEY] for s in rows])
-        batch[TEACHER_IDS_KEY] = ids
-        batch[TEACHER_PROBS_KEY] = probs
-        return batch
-
-    def num_tokens_vec(self, indices):
-        return self.dataset.num_tokens_vec(indices)
-
-
-def attach_teacher_cache(dataset, directory: str, split: str, tgt_dict: Dictionary, required: bool):
-    """Wrap ``dataset`` with ``split``'s cache from ``directory`` after checking it matches the data.
-
-    When the folder holds nothing for ``split`` and it is not ``required`` (a validation split),
-    the dataset is returned unchanged.
-    """
-    finished, partial = _scan(directory, split)
-    if not required and not os.path.isfile(header_path(directory, split)) and not finished and not partial:
-        logger.info("no teacher cache for split %s in %s: word_kd uses an online teacher there if "
-                    "--teacher-path is given, else the label-smoothed NLL alone", split, directory)
-        return dataset
-    cache = TeacherCache(directory, split)
-    check_against_dataset(cache, dataset, tgt_dict)
-    logger.info("teacher cache %s: %d sentences, %d tokens, top-%d, checked against split %s",
-                cache.header_file, len(cache), cache.num_tokens, cache.k, split)
-    return TeacherCacheDataset(dataset, cache, tgt_dict.pad())
-
-
-# ----------------------------------------------------------------------------- building
-
-class _SentenceRange(BaseWrapperDataset):
-    """The sentences [first, end) of a dataset, in the dataset's own (length-sorted) order."""
-
-    def __init__(self, dataset, first: int, end: int):
-        super().__init__(dataset)
-        self.first, self.end = first, end
-
-    def ordered_indices(self):
-        indices = self.dataset.ordered_indices()
-        return indices[(indices >= self.first) & (indices < self.end)]
-
-
-def setup_translation_task(data: str, source_lang: str | None = None, target_lang: str | None = None):
-    """fairseq's translation task over a binarized data folder, with fairseq's defaults."""
-    from fairseq.tasks.translation import TranslationConfig, TranslationTask
-
-    if not os.path.isdir(data):
-        raise UserError(f"{data}: no such binarized data folder (the --destdir of fairseq-preprocess)")
-    # the three fields fairseq fills from its dataset config get fairseq's defaults; no hydra
-    # compose (a second of start-up) is needed for a task that only loads and batches data
-    cfg = TranslationConfig(data=data, source_lang=source_lang, target_lang=target_lang, train_subset="train",
-                            dataset_impl=None, required_seq_len_multiple=1)
-    try:
-        return TranslationTask.setup_task(cfg)
-    except Exception as e:
-        if "language pair" in str(e) or isinstance(e, FileNotFoundError):
-            raise UserError(f"{data}: {e}; pass --source-lang and --target-lang") from e
-        raise
-
-
-def load_split(task, split: str):
-    """Load ``split`` the way fairseq-train does (train subset combined with train1, ...)."""
-    try:
-        task.load_dataset(split, combine=split == task.cfg.train_subset)
-    except FileNotFoundError as e:
-        raise UserError(f"{task.cfg.data}: no binarized split '{split}' ({e})") from e
-    return task.dataset(split)
-
-
-def load_teacher_for_data(data: str, teacher_path: str, source_lang: str | None = None,
-                          target_lang: str | None = None):
-    """(task over ``data``, frozen teacher checked against its dictionaries, checkpoint state)."""
-    from fairseq import checkpoint_utils
-
-    if not os.path.isfile(teacher_path):
-        raise UserError(f"{teacher_path}: no such teacher checkpoint")
-    state = checkpoint_utils.load_checkpoint_to_cpu(teacher_path)
-    cfg_task = state["cfg"].task
-    task = setup_translation_task(data, source_lang or cfg_task.get("source_lang"),
-                                  target_lang or cfg_task.get("target_lang"))
-    return task, load_teacher(teacher_path, task, state), state
-
-
-def teacher_batches(task, teacher, dataset, first: int, end: int, max_tokens: int | None,
-                    max_sentences: int | None, num_workers: int = 0):
-    """fairseq's batch iterator over sentences [first, end), losing none (batch multiple 1)."""
-    from fairseq import utils
-
-    try:
-        itr = task.get_batch_iterator(
-            dataset=_SentenceRange(dataset, first, end), max_tokens=max_tokens, max_sentences=max_sentences,
-            max_positions=utils.resolve_max_positions(task.max_positions(), teacher.max_positions()),
-            ignore_invalid_inputs=False, required_batch_size_multiple=1, num_workers=num_workers,
-            disable_iterator_cache=True)
-    except Exception as e:
-        if "invalid" in str(e) and "max_positions" in str(e):
-            raise UserError(f"{task.cfg.data}: {e}. A teacher cache must cover every sentence: "
-                            "drop over-long sentences from the data before binarizing it") from e
-        raise
-    return itr.next_epoch_itr(shuffle=False)
-
-
-def build_cache(data: str, teacher_path: str, out_dir: str, split: str = "train", topk: int = 8,
-                max_tokens: int | None = 4000, max_sentences: int | None = None, num_shards: int = 1,
-                shard_id: int | None = None, source_lang: str | None = None, target_lang: str | None = None,
-                cpu: bool = False, fp16: bool = False, num_workers: int = 0, progress: bool = True) -> dict:
-    """Build (or resume) the teacher top-k cache of ``data``'s ``split`` into ``out_dir``.
-
-    Runs the teacher with teacher forcing over the shards asked for (``shard_id`` None: all of
-    them), skipping finished shards and rebuilding partial ones, and writes the split header
-    once every shard exists. Returns {"header": dict or None, "built": [...], "skipped": [...],
-    "missing": [...], "seconds": float}.
-    """
-    from fairseq import utils
-    from tqdm import tqdm
-
-    if topk < 1:
-        raise UserError(f"--topk must be >= 1, got {topk}")
-    if num_shards < 1 or (shard_id is not None and not 0 <= shard_id < num_shards):
-        raise UserError(f"--shard-id must lie in [0, --num-shards={num_shards}), got {shard_id}")
-    use_cuda = torch.cuda.is_available() and not cpu
-    if fp16 and not use_cuda:
-        raise UserError("--fp16 needs a GPU; drop --fp16 (or --cpu)")
-    start = time.perf_counter()
-    task, teacher, _ = load_teacher_for_data(data, teacher_path, source_lang, target_lang)
-    dataset = load_split(task, split)
-    tgt_dict = task.target_dictionary
-    lengths = target_lengths(dataset)
-    k = min(topk, len(tgt_dict))
-    identity = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "split": split, "k": k,
-                "ids_dtype": ids_dtype_for(len(tgt_dict)), "probs_dtype": PROBS_DTYPE,
-                "vocab_size": len(tgt_dict),
-                "teacher_checkpoint_sha256": file_sha256(teacher_path),
-                "target_dictionary_sha256": dictionary_hash(tgt_dict), "total_sentences": len(dataset),
-                "num_shards": num_shards}
-    _check_existing(out_dir, split, identity)
-    if use_cuda:
-        teacher.cuda()
-    if fp16:
-        teacher.half()
-    pad, left_pad = tgt_dict.pad(), bool(getattr(dataset, "left_pad_target", False))
-    built, skipped = [], []
-    for i in range(num_shards) if shard_id is None else [shard_id]:
-        path = shard_path(out_dir, split, i, num_shards)
-        if os.path.exists(path):
-            diff = _identity_diff(identity, read_shard_header(path))
-            if diff:
-                raise UserError(f"{path}: a finished shard of another build ({diff}); delete the {split}.* "
-                                f"files in {out_dir} or choose another --out")
-            logger.info("shard %d of %d already complete: %s", i, num_shards, path)
-            skipped.append(i)
-            continue
-        if os.path.exists(path + ".tmp"):
-            logger.warning("%s.tmp: partial shard left by an interrupted run; rebuilding it", path)
-            os.unlink(path + ".tmp")
-        first, end = shard_range(len(dataset), num_shards, i)
-        writer = ShardWriter(path, {**identity, "teacher_checkpoint": os.path.abspath(teacher_path),
-                                    "shard_id": i, "first_sentence": first}, lengths[first:end])
-        try:
-            itr = teacher_batches(task, teacher, dataset, first, end, max_tokens, max_sentences, num_workers)
-            bar = tqdm(itr, total=len(itr), desc=f"{split} shard {i + 1}/{num_shards}", unit="batch",
-                       disable=not progress, mininterval=1.0)
-            for sample in bar:
-                if use_cuda:
-                    sample = utils.move_to_cuda(sample)
-                ids, probs = teacher_topk(teacher, sample["net_input"], k)
-                target = sample["target"]
-                ids_np = ids.cpu().numpy().astype(identity["ids_dtype"])
-                probs_np = probs.to(torch.float16).cpu().numpy()
-                width = target.size(1)
-                for row, (sid, n) in enumerate(zip(sample["id"].tolist(), target.ne(pad).sum(1).tolist())):
-                    cols = slice(width - n, width) if left_pad else slice(0, n)
-                    writer.write(sid - first, ids_np[row, cols], probs_np[row, cols])
-            header = writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        logger.info("shard %d of %d: %d sentences, %d tokens -> %s", i, num_shards, header["num_sentences"],
-                    header["num_tokens"], path)
-        built.append(i)
-    finished, _ = _scan(out_dir, split)
-    missing = [i for i in range(num_shards) if i not in finished.get(num_shards, {})]
-    header = merge_shards(out_dir, split) if not missing else None
-    if header is not None and header["num_tokens"] != int(lengths.sum()):
-        raise UserError(f"{header_path(out_dir, split)}: {header['num_tokens']} tokens cached but the split "
-                        f"has {int(lengths.sum())}; delete the cache and rebuild it")
-    return {"header": header, "built": built, "skipped": skipped, "missing": missing,
-            "seconds": time.perf_counter() - start}
-
-
-def _check_existing(out_dir: str, split: str, identity: dict) -> None:
-    """Refuse to mix this build with a finished cache or shards of another build."""
-    finished, _ = _scan(out_dir, split)
-    other = sorted(n for n in finished if n != identity["num_shards"])
-    if other:
-        raise UserError(f"{out_dir}: holds {split} shards of a build with --num-shards {other[0]}; rerun "
-                        f"with --num-shards {other[0]} to resume it, or delete its {split}.shard* files")
-    path = header_path(out_dir, split)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            header = json.load(f)
-        diff = _identity_diff(identity, header | {"total_sentences": header.get("num_sentences")})
-        if diff:
-            raise UserError(f"{path}: a finished cache of another build ({diff}); delete the {split}.* files "
-                            f"in {out_dir} or choose another --out")
-
-
-def verify_cache(data: str, out_dir: str, split: str = "train", source_lang: str | None = None,
-                 target_lang: str | None = None) -> dict:
-    """Merge finished shards into the header if it is missing, then check the cache against ``data``."""
-    if not os.path.isfile(header_path(out_dir, split)):
-        merge_shards(out_dir, split)
-    cache = TeacherCache(out_dir, split)
-    task = setup_translation_task(data, source_lang, target_lang)
-    check_against_dataset(cache, load_split(task, split), task.target_dictionary)
-    return cache.header

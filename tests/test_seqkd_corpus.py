@@ -84,7 +84,7 @@ def test_sharded_extraction_equals_unsharded(generated, toy_data_bin, tmp_path):
     assert whole["empty_hypotheses"] == 0 and whole["written"] == N
     report = json.loads((out_cli / f"{SPLIT}.extract.json").read_text())
     assert report["copied_splits"] == ["train", "valid"]
-    from fairseq_seqkd.teacher_cache import setup_translation_task
+    from fairseq_seqkd.fairseq_glue import setup_translation_task
 
     task = setup_translation_task(str(out_cli))
     task.load_dataset(SPLIT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -15,18 +16,11 @@ from conftest import TINY_TRANSFORMER
 from fairseq.data import Dictionary
 
 from fairseq_seqkd import cli
-from fairseq_seqkd.criterions.word_kd import TEACHER_IDS_KEY, TEACHER_PROBS_KEY, load_teacher
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.teacher_cache import (
-    TeacherCache,
-    attach_teacher_cache,
-    build_cache,
-    check_against_dataset,
-    dictionary_hash,
-    file_sha256,
-    header_path,
-    shard_path,
-)
+from fairseq_seqkd.fairseq_glue import TEACHER_IDS_KEY, TEACHER_PROBS_KEY, load_teacher
+from fairseq_seqkd.teacher_cache import TeacherCache, dictionary_hash, file_sha256, header_path, shard_path
+from fairseq_seqkd.teacher_cache_build import build_cache
+from fairseq_seqkd.teacher_cache_dataset import attach_teacher_cache, check_against_dataset
 
 
 def kd_task(data: Path, *argv: str):
@@ -39,6 +33,16 @@ def kd_task(data: Path, *argv: str):
                                         *map(str, argv)])
     cfg = convert_namespace_to_omegaconf(args)
     return cfg, tasks.setup_task(cfg.task)
+
+
+def teacher_with_its_data_gone(toy_teacher: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(a copy of the toy teacher whose checkpoint names a data folder that no longer exists, that folder)."""
+    state = torch.load(toy_teacher, map_location="cpu", weights_only=False)
+    gone = tmp_path / "teacher-data-gone"
+    state["cfg"]["task"]["data"] = str(gone)
+    moved = tmp_path / "teacher.pt"
+    torch.save(state, moved)
+    return moved, gone
 
 
 def batches(task, split: str, max_tokens: int = 400, num_workers: int = 0, shuffle: bool = False):
@@ -238,3 +242,150 @@ def test_wrong_dictionary_and_wrong_lengths_are_clear_errors(valid_cache, toy_da
     with pytest.raises(UserError, match=r"shard0001-of-0003.bin: sentence 30 has \d+ target tokens in the "
                                         r"cache but \d+ in the data \(1 sentences"):
         check_against_dataset(cache, dataset, task.target_dictionary)
+
+
+def cache_files(folder: Path, split: str = "valid") -> dict[str, bytes]:
+    """Every file of ``split``'s cache in ``folder``, by name."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name.startswith(split + ".")}
+
+
+def test_a_shard_killed_partway_resumes_after_its_last_chunk_byte_for_byte(toy_data_bin, toy_teacher, tmp_path,
+                                                                           monkeypatch, caplog):
+    import fairseq_seqkd.teacher_cache_build as builder
+
+    whole = build(toy_data_bin, toy_teacher, tmp_path / "whole", topk=8, chunk_sentences=8)
+    calls = {"n": 0, "kill_at": whole["batches"] // 2}
+    real_topk = builder.teacher_topk
+
+    def counting_topk(*args):
+        calls["n"] += 1
+        if calls["n"] == calls["kill_at"]:
+            raise KeyboardInterrupt("killed")  # as a kill would: mid-chunk, nothing cleaned up
+        return real_topk(*args)
+
+    monkeypatch.setattr(builder, "teacher_topk", counting_topk)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        build(toy_data_bin, toy_teacher, out, topk=8, chunk_sentences=8)
+    tmp = Path(shard_path(str(out), "valid", 0, 1) + ".tmp")
+    done = json.loads(tmp.read_bytes()[8:4096])["done_sentences"]
+    assert 0 < done < 64 and done % 8 == 0, done
+    with pytest.raises(UserError, match=r"not finished.*1 partial"):
+        TeacherCache(str(out), "valid")
+    calls["n"], calls["kill_at"] = 0, -1
+    with caplog.at_level("INFO"):
+        resumed = build(toy_data_bin, toy_teacher, out, topk=8, chunk_sentences=8)
+    assert f"resuming {tmp} after sentence {done} of 64" in caplog.text
+    assert resumed["resumed"] == {0: done} and resumed["built"] == [0]
+    assert 0 < resumed["batches"] == calls["n"] < whole["batches"]
+    assert not tmp.exists()
+    assert cache_files(out) == cache_files(tmp_path / "whole")
+
+
+def test_three_shard_jobs_equal_one_job_byte_for_byte_and_the_unsharded_cache(valid_cache, toy_data_bin,
+                                                                              toy_teacher, tmp_path):
+    out = tmp_path / "jobs"
+    for i in range(3):  # the pipeline's cache_shard jobs, one process each
+        assert build(toy_data_bin, toy_teacher, out, topk=8, num_shards=3, shard_id=i)["built"] == [i]
+    os.unlink(header_path(str(out), "valid"))  # the shard jobs leave the header to cache_merge
+    cli_verify(toy_data_bin, out)  # cache_merge
+    assert cache_files(out) == cache_files(valid_cache)
+    single = tmp_path / "single"
+    build(toy_data_bin, toy_teacher, single, topk=8)
+    a, b = TeacherCache(str(single), "valid"), TeacherCache(str(valid_cache), "valid")
+    assert len(a) == len(b) == 64
+    for i in range(len(a)):
+        assert np.array_equal(a[i][0], b[i][0]), f"sentence {i}: other top-k ids"
+        assert np.allclose(a[i][1].astype(np.float32), b[i][1].astype(np.float32), atol=1e-3)
+
+
+def test_a_cache_of_other_words_with_the_same_lengths_is_refused(valid_cache, toy_data_bin, tmp_path):
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    # the data re-binarized with the target words shuffled within each sentence (EOS kept last)
+    data = tmp_path / "shuffled"
+    shutil.copytree(toy_data_bin, data)
+    stem = str(data / "valid.en-de.de")
+    index = MMapIndexedDataset(stem)._index
+    sizes, pointers, dtype = index.sizes.copy(), index._pointers.copy(), index.dtype
+    del index
+    tokens = np.fromfile(stem + ".bin", dtype=dtype)
+    rng = np.random.default_rng(0)
+    for at, n in zip(pointers // np.dtype(dtype).itemsize, sizes):
+        words = tokens[at:at + n - 1].copy()
+        while n > 3 and np.array_equal(words, tokens[at:at + n - 1]):
+            rng.shuffle(words)
+        tokens[at:at + n - 1] = words
+    tokens.tofile(stem + ".bin")
+    _, task = kd_task(data)
+    task.load_dataset("valid")
+    with pytest.raises(UserError, match=r"shard0000-of-0003.bin: built from other target tokens than sentences "
+                                        r"0..21 of split 'valid' of this data \(same lengths, other words"):
+        check_against_dataset(TeacherCache(str(valid_cache), "valid"), task.dataset("valid"),
+                              task.target_dictionary)
+    with pytest.raises(UserError, match="other target tokens"):
+        cli_verify(data, valid_cache)
+    cli_verify(toy_data_bin, valid_cache)  # the data it was built from passes
+
+
+def test_damaged_shards_are_refused_by_verify_and_training_and_fixed_by_rebuilding_one(
+        valid_cache, toy_data_bin, toy_teacher, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(valid_cache, out)
+    victim = Path(shard_path(str(out), "valid", 1, 3))
+    header = json.loads(victim.read_bytes()[8:4096])
+    intact = victim.read_bytes()
+    _, task = kd_task(toy_data_bin)
+    task.load_dataset("valid")
+    fix = rf"Delete {re.escape(str(victim))} and rebuild that shard with .*--num-shards 3 --shard-id 1"
+    # 4 KB of 0xFF mid-shard: ids 65535 and NaN probabilities
+    middle = header["bytes"] // 2
+    with open(victim, "r+b") as f:
+        f.seek(middle)
+        f.write(b"\xff" * 4096)
+    with pytest.raises(UserError, match=r"CRC-32 of its (ids|probs) array is [0-9a-f]{8} but .*" + fix):
+        cli_verify(toy_data_bin, out)
+    with pytest.raises(UserError, match=rf"{re.escape(str(victim))}: damaged: token \d+ of the shard holds "
+                                        r"(id 65535, outside the vocabulary|a probability outside).*" + fix):
+        attach_teacher_cache(task.dataset("valid"), str(out), "valid", task.target_dictionary, True)
+    # plausible values (zeros) in the probs pass the cheap scan at training load, not the checksum
+    victim.write_bytes(intact)
+    with open(victim, "r+b") as f:
+        f.seek(header["probs_at"] + 64)
+        f.write(b"\0" * 256)
+    attach_teacher_cache(task.dataset("valid"), str(out), "valid", task.target_dictionary, True)
+    with pytest.raises(UserError, match=r"CRC-32 of its probs array.*" + fix):
+        cli_verify(toy_data_bin, out)
+    # the fix the message gives
+    victim.unlink()
+    assert build(toy_data_bin, toy_teacher, out, topk=8, num_shards=3, shard_id=1)["built"] == [1]
+    cli_verify(toy_data_bin, out)
+    assert victim.read_bytes() == intact
+
+
+def test_a_version_1_cache_asks_for_a_rebuild(valid_cache, toy_data_bin, tmp_path):
+    out = tmp_path / "v1"
+    shutil.copytree(valid_cache, out)
+    head = Path(header_path(str(out), "valid"))
+    head.write_text(head.read_text().replace('"version": 2', '"version": 1'))
+    with pytest.raises(UserError, match=r"valid.header.json: a version-1 fairseq-seqkd teacher top-k cache, "
+                                        r"written by an older fairseq-seqkd.*rebuild it"):
+        TeacherCache(str(out), "valid")
+    shard = Path(shard_path(str(out), "valid", 0, 3))
+    with open(shard, "r+b") as f:
+        f.write(b"SEQKDTC1")
+    os.unlink(head)
+    with pytest.raises(UserError, match=r"shard0000-of-0003.bin: a version-1 .*rebuild it"):
+        cli_verify(toy_data_bin, out)
+
+
+def test_cache_of_a_teacher_whose_data_is_gone_needs_its_dictionary_or_an_opt_out(toy_data_bin, toy_teacher,
+                                                                                  tmp_path, capsys):
+    moved, gone = teacher_with_its_data_gone(toy_teacher, tmp_path)
+    argv = ["cache", str(toy_data_bin), "--path", str(moved), "--split", "valid", "--out", str(tmp_path / "c"),
+            "--no-progress-bar"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(gone / "dict.de.txt") in err and "--teacher-dict PATH" in err and "--teacher-dict-unchecked" in err
+    assert cli.main(argv + ["--teacher-dict", str(toy_data_bin / "dict.de.txt")]) == 0
+    assert cli.main(argv + ["--out", str(tmp_path / "d"), "--teacher-dict-unchecked"]) == 0

@@ -12,7 +12,7 @@ from conftest import TINY_TRANSFORMER, TRAIN_COMMON, plugin_dir, run_cli
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 from fairseq.data import Dictionary
 from fairseq.tasks.translation import TranslationTask
-from test_teacher_cache import batches, build, kd_task
+from test_teacher_cache import batches, build, kd_task, teacher_with_its_data_gone
 
 from fairseq_seqkd import cli
 from fairseq_seqkd.criterions.word_kd import (
@@ -185,6 +185,33 @@ def test_online_teacher_with_another_dictionary_is_a_clear_error(toy_data_bin, t
     with pytest.raises(UserError, match=rf"output vocabulary has {len(bigger) - 1} entries but the target "
                                         rf"dictionary of this data has {len(bigger)}"):
         load_teacher(str(toy_teacher), TranslationTask(task.cfg, bigger, bigger))
+
+
+def test_online_teacher_whose_data_is_gone_needs_its_dictionary_or_an_opt_out(toy_data_bin, toy_teacher,
+                                                                              tmp_path, caplog):
+    moved, gone = teacher_with_its_data_gone(toy_teacher, tmp_path)
+    _, task = kd_task(toy_data_bin)
+    with pytest.raises(UserError, match=rf"{re.escape(str(moved))}: cannot check the teacher's dictionary: its "
+                                        rf"dictionary file {re.escape(str(gone / 'dict.de.txt'))} .*not readable.*"
+                                        r"--teacher-dict PATH.*or --teacher-dict-unchecked"):
+        load_teacher(str(moved), task)
+    # its dictionary named explicitly: checked symbol by symbol
+    dict_file = toy_data_bin / "dict.de.txt"
+    assert load_teacher(str(moved), task, teacher_dict=str(dict_file)) is not None
+    lines = dict_file.read_text().splitlines()
+    lines[10], lines[11] = lines[11], lines[10]
+    swapped = tmp_path / "dict.swapped.txt"
+    swapped.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=rf"trained with dictionary {re.escape(str(swapped))}, which differs from "
+                                        r"this data's target dictionary \(symbol \d+ is"):
+        load_teacher(str(moved), task, teacher_dict=str(swapped))
+    with pytest.raises(UserError, match=r"nope.txt: no such file \(--teacher-dict"):
+        load_teacher(str(moved), task, teacher_dict=str(tmp_path / "nope.txt"))
+    # the explicit opt-out: a warning, and the criterion gets its teacher
+    with caplog.at_level("WARNING"):
+        kd = WordKDCriterion(task, sentence_avg=False, label_smoothing=0.1, kd_alpha=0.5, kd_temperature=1.0,
+                             kd_topk=0, teacher_path=str(moved), teacher_dict_unchecked=True)
+    assert "only the vocabulary size was checked" in caplog.text and len(kd._teacher) == 1
 
 
 def test_fairseq_train_word_kd_from_the_cache_with_a_data_worker(toy_data_bin, toy_teacher, tmp_path):

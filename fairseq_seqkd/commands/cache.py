@@ -6,7 +6,8 @@ import argparse
 import json
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.teacher_cache import build_cache, header_path, verify_cache
+from fairseq_seqkd.teacher_cache import header_path
+from fairseq_seqkd.teacher_cache_build import DEFAULT_CHUNK_SENTENCES, build_cache, verify_cache
 
 HELP = ("run a teacher with teacher forcing over a binarized split and store its top-k distribution per "
         "target token (for --task translation_kd --teacher-cache DIR --criterion word_kd)")
@@ -25,6 +26,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="split the work into N shards, e.g. one per GPU or machine (default 1)")
     p.add_argument("--shard-id", type=int, default=None,
                    help="build only this shard (default: every unfinished shard, in turn)")
+    p.add_argument("--chunk-sentences", type=int, default=DEFAULT_CHUNK_SENTENCES,
+                   help="sentences per chunk: a shard records its progress after each, and a rerun of an "
+                        f"interrupted shard resumes after the last one (default {DEFAULT_CHUNK_SENTENCES})")
+    p.add_argument("--teacher-dict", default=None,
+                   help="the teacher's target dictionary (dict.LANG.txt of the data it was trained on), "
+                        "checked against DATA's; default: the one in the data folder its checkpoint names")
+    p.add_argument("--teacher-dict-unchecked", action="store_true",
+                   help="accept a teacher whose dictionary file is not readable after checking only the "
+                        "vocabulary size (a dictionary in another order would give a permuted distribution)")
     p.add_argument("--source-lang", default=None, help="source language (default: the teacher's)")
     p.add_argument("--target-lang", default=None, help="target language (default: the teacher's)")
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers (default 0)")
@@ -32,8 +42,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp16", action="store_true", help="run the teacher in half precision (GPU)")
     p.add_argument("--no-progress-bar", action="store_true", help="no progress bar")
     p.add_argument("--verify", action="store_true",
-                   help="run no teacher: write the header from shards built elsewhere if it is missing, "
-                        "then check the cache against DATA's split")
+                   help="run no teacher: check every shard's checksums, write the header from shards built "
+                        "elsewhere if it is missing, then check the cache against DATA's split (lengths, "
+                        "target tokens, values)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
         args.data, args.path, args.out, split=args.split, topk=args.topk, max_tokens=args.max_tokens,
         max_sentences=args.batch_size, num_shards=args.num_shards, shard_id=args.shard_id,
         source_lang=args.source_lang, target_lang=args.target_lang, cpu=args.cpu, fp16=args.fp16,
-        num_workers=args.num_workers, progress=not args.no_progress_bar)
+        num_workers=args.num_workers, progress=not args.no_progress_bar, chunk_sentences=args.chunk_sentences,
+        teacher_dict=args.teacher_dict, teacher_dict_unchecked=args.teacher_dict_unchecked)
     header = result["header"]
     summary = {"built": result["built"], "skipped": result["skipped"], "missing": result["missing"],
-               "seconds": round(result["seconds"], 2)}
+               "resumed": result["resumed"], "seconds": round(result["seconds"], 2)}
     if header is None:
         print(f"shards done; still missing shard ids {result['missing']} of {args.num_shards}: "
               f"the header is written when the last one finishes", json.dumps(summary))

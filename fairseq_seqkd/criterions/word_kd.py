@@ -17,27 +17,25 @@ that is an error, since the student would silently train without its teacher.
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from fairseq import checkpoint_utils, models, utils
+from fairseq import utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
-from fairseq.data import Dictionary, data_utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
 from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.fairseq_glue import TEACHER_IDS_KEY, TEACHER_PROBS_KEY, load_teacher, teacher_topk
 
 logger = logging.getLogger(__name__)
 
-# The sample keys through which a teacher distribution reaches the criterion.
-TEACHER_IDS_KEY = "teacher_topk_ids"
-TEACHER_PROBS_KEY = "teacher_topk_probs"
+# The sample keys through which a teacher distribution reaches the criterion (TEACHER_IDS_KEY,
+# TEACHER_PROBS_KEY) live in fairseq_glue, below both the cache's dataset wrapper and this module.
 
 
 @dataclass
@@ -62,6 +60,18 @@ class WordKDConfig(FairseqDataclass):
         default=None,
         metadata={"help": "teacher checkpoint run online (eval mode, no grad) for batches that carry "
                           "no cached teacher distribution (see --teacher-cache of task translation_kd)"},
+    )
+    teacher_dict: Optional[str] = field(  # noqa: UP045
+        default=None,
+        metadata={"help": "the online teacher's target dictionary (dict.LANG.txt of the data it was "
+                          "trained on), checked symbol by symbol against this data's; default: the one in "
+                          "the data folder its checkpoint names (an error if that is not readable)"},
+    )
+    teacher_dict_unchecked: bool = field(
+        default=False,
+        metadata={"help": "accept an online teacher whose dictionary file is not readable after checking "
+                          "only the vocabulary size (a dictionary in another order would teach a permuted "
+                          "distribution)"},
     )
     label_smoothing: float = field(
         default=0.0,
@@ -128,94 +138,12 @@ def word_kd_loss(
     return loss, nll_loss, kd
 
 
-def _dictionary_mismatch(expected: Dictionary, found: Dictionary) -> str | None:
-    """A one-line description of how two dictionaries differ, or None when they are equal."""
-    if expected.symbols == found.symbols:
-        return None
-    if len(expected) != len(found):
-        return f"{len(found)} symbols instead of {len(expected)}"
-    i = next(i for i, (a, b) in enumerate(zip(expected.symbols, found.symbols)) if a != b)
-    return f"symbol {i} is {found.symbols[i]!r} instead of {expected.symbols[i]!r}"
-
-
-def _teacher_vocab_size(state_dict: dict) -> int | None:
-    for key in ("decoder.output_projection.weight", "decoder.embed_out", "decoder.embed_tokens.weight"):
-        if key in state_dict:
-            return int(state_dict[key].shape[0])
-    return None
-
-
-def load_teacher(path: str, task, state: dict | None = None) -> torch.nn.Module:
-    """Load a fairseq checkpoint as a frozen teacher (eval, no grad) over ``task``'s dictionaries.
-
-    The teacher must have been trained with the task's target dictionary: its vocabulary size is
-    checked, and its symbols too when the teacher's data folder is still readable.
-    """
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such teacher checkpoint; pass the teacher's checkpoint_best.pt "
-                        "or checkpoint_last.pt")
-    if state is None:
-        state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    cfg = state["cfg"]
-    tgt_dict = task.target_dictionary
-    size = _teacher_vocab_size(state["model"])
-    if size is not None and size != len(tgt_dict):
-        raise UserError(
-            f"{path}: the teacher's output vocabulary has {size} entries but the target dictionary of "
-            f"this data has {len(tgt_dict)}: the teacher was trained with another dictionary. "
-            "Binarize the data with the teacher's dictionary (fairseq-preprocess --tgtdict/--srcdict "
-            "TEACHER_DATA/dict.*.txt) or use the matching teacher.")
-    teacher_data = utils.split_paths(cfg.task.data)[0] if cfg.task.get("data") else None
-    tgt_lang = cfg.task.get("target_lang")
-    if teacher_data and not tgt_lang and os.path.isdir(teacher_data):
-        # fairseq saves the languages it inferred from the file names as None: infer them again
-        tgt_lang = data_utils.infer_language_pair(teacher_data)[1]
-    teacher_dict_file = None
-    if teacher_data and tgt_lang:
-        teacher_dict_file = os.path.join(teacher_data, f"dict.{tgt_lang}.txt")
-    if teacher_dict_file and os.path.isfile(teacher_dict_file):
-        diff = _dictionary_mismatch(tgt_dict, Dictionary.load(teacher_dict_file))
-        if diff is not None:
-            raise UserError(
-                f"{path}: the teacher was trained with dictionary {teacher_dict_file}, which differs from "
-                f"this data's target dictionary ({diff}). Binarize the data with the teacher's "
-                "dictionary (fairseq-preprocess --tgtdict/--srcdict) or use the matching teacher.")
-    else:
-        logger.warning("teacher %s: its dictionary file %s is not readable; only the vocabulary size "
-                       "was checked against the target dictionary", path, teacher_dict_file)
-    model = models.build_model(cfg.model, task)
-    try:
-        model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
-    except RuntimeError as e:
-        raise UserError(f"{path}: the teacher's weights do not fit a model built over this data's "
-                        f"dictionaries ({str(e).splitlines()[-1].strip()}); use the matching teacher "
-                        "and data") from e
-    model.eval()
-    model.requires_grad_(False)
-    return model
-
-
-@torch.no_grad()
-def teacher_topk(teacher: torch.nn.Module, net_input: dict,
-                 k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Teacher-forced (ids, probs) of the k most probable tokens per position, (B, T, k), sorted.
-
-    k <= 0 returns (None, full distribution (B, T, V)).
-    """
-    net_output = teacher(**net_input)
-    lprobs = teacher.get_normalized_probs(net_output, log_probs=True)
-    if k <= 0:
-        return None, lprobs.exp()
-    values, ids = lprobs.topk(min(k, lprobs.size(-1)), dim=-1)
-    return ids, values.exp()
-
-
 @register_criterion("word_kd", dataclass=WordKDConfig)
 class WordKDCriterion(FairseqCriterion):
     """Label-smoothed NLL plus the cross-entropy to a teacher's (cached or online) distribution."""
 
     def __init__(self, task, sentence_avg, label_smoothing, kd_alpha, kd_temperature, kd_topk,
-                 teacher_path):
+                 teacher_path, teacher_dict=None, teacher_dict_unchecked=False):
         super().__init__(task)
         if not 0.0 <= kd_alpha <= 1.0:
             raise UserError(f"--kd-alpha must lie in [0, 1], got {kd_alpha}")
@@ -232,7 +160,8 @@ class WordKDCriterion(FairseqCriterion):
         # student's checkpoints and out of criterion.train().
         self._teacher: list[torch.nn.Module] = []
         if teacher_path:
-            self._teacher.append(load_teacher(teacher_path, task))
+            self._teacher.append(load_teacher(teacher_path, task, teacher_dict=teacher_dict,
+                                              dict_unchecked=teacher_dict_unchecked))
             logger.info("word_kd: online teacher %s loaded (eval mode, no grad)", teacher_path)
 
     def teacher_distribution(self, model, sample) -> tuple[torch.Tensor | None, torch.Tensor | None]:
