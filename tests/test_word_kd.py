@@ -9,12 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TINY_TRANSFORMER, TRAIN_COMMON, plugin_dir, run_cli
-from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    label_smoothed_nll_loss,
+)
 from fairseq.data import Dictionary
 from fairseq.tasks.translation import TranslationTask
 from test_teacher_cache import batches, build, kd_task, teacher_with_its_data_gone
 
 from fairseq_seqkd import cli
+from fairseq_seqkd.criterions import word_kd as word_kd_module
 from fairseq_seqkd.criterions.word_kd import (
     TEACHER_IDS_KEY,
     TEACHER_PROBS_KEY,
@@ -82,6 +86,78 @@ def test_without_teacher_the_loss_is_label_smoothed_nll():
     assert kd is None
     ref, ref_nll, _ = reference_loss(lprobs[None], None, torch.ones(1, 3, 7), target[None], 0.0, 1.0, 0.1)
     assert torch.allclose(loss, ref) and torch.allclose(nll, ref_nll)
+
+
+def plain_kd_cross_entropy(lprobs, ids, probs, tau):
+    """The KD term by plain autograd over the whole batch: the formula before it was chunked."""
+    q = probs.to(torch.promote_types(probs.dtype, torch.float32))
+    if tau != 1.0:
+        lprobs, q = F.log_softmax(lprobs / tau, dim=-1), q.pow(1.0 / tau)
+    q = q / q.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+    lp = lprobs if ids is None else lprobs.gather(-1, ids.long())
+    return -(tau**2) * (q * lp).sum(dim=-1)
+
+
+@pytest.mark.parametrize("tau,topk,dtype", [(1.0, None, torch.float32), (2.0, None, torch.float32),
+                                            (0.5, None, torch.float64), (2.0, 6, torch.float32)])
+def test_chunked_kd_equals_the_plain_formula_with_its_gradient(monkeypatch, tau, topk, dtype):
+    monkeypatch.setattr(word_kd_module, "_KD_CHUNK_MIN_ELEMENTS", 1)  # 3 rows a chunk, a short last one
+    monkeypatch.setattr(word_kd_module, "_KD_MAX_CHUNKS", 11)
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 8, 37, generator=g, dtype=dtype, requires_grad=True)
+    target = torch.randint(2, 37, (4, 8), generator=g)
+    target[1, 5:], target[3, 2:] = PAD, PAD
+    teacher = torch.softmax(torch.randn(4, 8, 37, generator=g) * 3, dim=-1)
+    teacher[0, 0] = 0.0  # a position with no teacher mass: no KD term, no NaN
+    probs, ids = teacher.topk(topk, dim=-1) if topk else (teacher, None)
+    for reduce in (True, False):
+        lprobs = F.log_softmax(logits, -1)
+        loss, nll, kd = word_kd_loss(lprobs, ids, probs, target, PAD, 0.5, tau, 0.1, reduce=reduce)
+        ref_lprobs = F.log_softmax(logits, -1).view(-1, 37)
+        ref_kd = plain_kd_cross_entropy(ref_lprobs, None if ids is None else ids.view(-1, topk),
+                                        probs.view(-1, probs.size(-1)), tau)
+        ref_kd = ref_kd.masked_fill(target.view(-1).eq(PAD), 0.0).unsqueeze(-1)
+        ls, ref_nll = label_smoothed_nll_loss(ref_lprobs, target.view(-1), 0.1, ignore_index=PAD, reduce=reduce)
+        if reduce:
+            ref_kd = ref_kd.sum()
+        ref_loss = 0.5 * ls + 0.5 * ref_kd
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-12)
+        assert kd.shape == ref_kd.shape and loss.shape == ref_loss.shape
+        assert torch.allclose(kd, ref_kd, **tol) and torch.allclose(loss, ref_loss, **tol)
+        assert torch.equal(nll, ref_nll)
+        (grad,) = torch.autograd.grad(loss.sum(), logits)
+        (ref_grad,) = torch.autograd.grad(ref_loss.sum(), logits)
+        assert torch.allclose(grad, ref_grad, **tol)
+        assert torch.isfinite(grad).all() and grad[3, 2:].abs().sum() == 0
+
+
+def test_full_vocabulary_kd_keeps_no_tokens_by_vocabulary_buffer_for_backward():
+    # What autograd saves between forward and backward, apart from the inputs themselves: the
+    # plain formula saved the renormalised teacher probs, at tau != 1 also the tempered log-probs
+    # (each N x V). Memory is measured in benchmarks/online_kd_memory.py; here only its cause.
+    lprobs = F.log_softmax(torch.randn(64, 500, requires_grad=True), -1)
+    teacher = torch.softmax(torch.randn(64, 500), -1)
+    inputs = {lprobs.data_ptr(), teacher.data_ptr()}
+    for tau in (1.0, 2.0):
+        saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(saved.append, lambda _: None):
+            kd_cross_entropy(lprobs, None, teacher, tau)
+        large = [t for t in saved if t.numel() >= lprobs.numel() and t.data_ptr() not in inputs]
+        assert not large, [tuple(t.shape) for t in large]
+
+
+def test_alpha_zero_equals_label_smoothed_nll_bit_for_bit_with_a_full_vocabulary_teacher():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(40, 300, generator=g, requires_grad=True)
+    target = torch.randint(2, 300, (40,), generator=g)
+    target[-5:] = PAD
+    teacher = torch.softmax(torch.randn(40, 300, generator=g), -1)
+    loss, nll, _ = word_kd_loss(F.log_softmax(logits, -1), None, teacher, target, PAD, 0.0, 2.0, 0.1)
+    ref, ref_nll = label_smoothed_nll_loss(F.log_softmax(logits, -1), target, 0.1, ignore_index=PAD)
+    assert torch.equal(loss, ref) and torch.equal(nll, ref_nll)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (ref_grad,) = torch.autograd.grad(ref, logits)
+    assert torch.equal(grad, ref_grad)
 
 
 @pytest.fixture(scope="module")

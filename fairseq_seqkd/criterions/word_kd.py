@@ -80,6 +80,84 @@ class WordKDConfig(FairseqDataclass):
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
+# Rows of (tokens x vocabulary) work per chunk: at least 2^20 elements (fewer, larger kernels),
+# and at most 32 chunks, so a chunk's few temporaries stay a small fraction of N x V.
+_KD_CHUNK_MIN_ELEMENTS = 1 << 20
+_KD_MAX_CHUNKS = 32
+
+
+def _kd_rows(student_lprobs: torch.Tensor, teacher_ids: torch.Tensor | None, teacher_probs: torch.Tensor,
+             temperature: float) -> torch.Tensor:
+    """tau^2 * H(q_tau, p_tau) of each row of (N, V) log-probs: the formula, on a whole batch or a chunk."""
+    # a float16 cache is computed in float32 (at least)
+    q = teacher_probs.to(torch.promote_types(teacher_probs.dtype, torch.float32))
+    if temperature != 1.0:
+        # log_softmax is shift-invariant: log-probs / tau give the same p_tau as logits / tau
+        student_lprobs = F.log_softmax(student_lprobs / temperature, dim=-1)
+        # q^(1/tau) renormalised equals softmax(teacher logits / tau) on the same support
+        q = q.pow(1.0 / temperature)
+    q = q / q.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+    lp = student_lprobs if teacher_ids is None else student_lprobs.gather(-1, teacher_ids.long())
+    return -(temperature**2) * (q * lp).sum(dim=-1)
+
+
+def _chunk_rows(rows: int, vocab: int) -> int:
+    return max(-(-_KD_CHUNK_MIN_ELEMENTS // vocab), -(-rows // _KD_MAX_CHUNKS), 1)
+
+
+class _ChunkedKD(torch.autograd.Function):
+    """:func:`_kd_rows` over chunks of rows, with its gradient written chunk by chunk.
+
+    Autograd on the plain formula keeps (N, V) temporaries alive (normalised teacher probs, the
+    product, at tau != 1 the tempered log-probs and probs): float32 tokens x vocabulary buffers
+    for an online teacher. Here forward keeps nothing of that size, and backward allocates only
+    the gradient it must return, d/dx [-tau^2 sum_v q_v log_softmax(x / tau)_v] =
+    -tau * (q - softmax(x / tau) * sum_v q_v) with q the renormalised (tempered) teacher probs
+    (at tau = 1 the log-probs are used as they are, and the gradient is -q), computed by the
+    same operations autograd would apply to the plain formula.
+    """
+
+    @staticmethod
+    def forward(ctx, student_lprobs, teacher_ids, teacher_probs, temperature):
+        rows, vocab = student_lprobs.shape
+        step = _chunk_rows(rows, vocab)
+        out = None
+        for s in range(0, rows, step):
+            ids = None if teacher_ids is None else teacher_ids[s:s + step]
+            part = _kd_rows(student_lprobs[s:s + step], ids, teacher_probs[s:s + step], temperature)
+            if out is None:
+                out = part.new_empty(rows)
+            out[s:s + step] = part
+        if out is None:  # no rows at all
+            out = _kd_rows(student_lprobs, teacher_ids, teacher_probs, temperature)
+        ctx.temperature, ctx.step = temperature, step
+        ctx.save_for_backward(student_lprobs, teacher_ids, teacher_probs)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        lprobs, teacher_ids, teacher_probs = ctx.saved_tensors
+        tau, step = ctx.temperature, ctx.step
+        grad = torch.empty(lprobs.shape, dtype=lprobs.dtype, device=lprobs.device)
+        # the same operations, in the same order, as autograd applies to _kd_rows, a chunk at a time
+        for s in range(0, lprobs.size(0), step):
+            q = teacher_probs[s:s + step].to(torch.promote_types(teacher_probs.dtype, torch.float32))
+            if tau != 1.0:
+                q = q.pow(1.0 / tau)
+            q = q / q.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+            g = grad[s:s + step]
+            coef = grad_out[s:s + step, None] * -(tau**2)
+            if teacher_ids is None:
+                torch.mul(q, coef, out=g)
+            else:
+                g.zero_().scatter_add_(-1, teacher_ids[s:s + step].long(), q * coef)
+            if tau != 1.0:  # back through log_softmax(x / tau)
+                p = torch.softmax(lprobs[s:s + step] / tau, dim=-1)
+                g.addcmul_(p, g.sum(dim=-1, keepdim=True), value=-1.0).div_(tau)
+        return grad, None, None, None
+
+
 def kd_cross_entropy(
     student_lprobs: torch.Tensor,
     teacher_ids: torch.Tensor | None,
@@ -92,16 +170,14 @@ def kd_cross_entropy(
     side is renormalised over the entries given, so a top-k cache yields the teacher's
     distribution restricted to its k most probable tokens.
     """
-    # a float16 cache is computed in float32 (at least)
-    q = teacher_probs.to(torch.promote_types(teacher_probs.dtype, torch.float32))
-    if temperature != 1.0:
-        # log_softmax is shift-invariant: log-probs / tau give the same p_tau as logits / tau
-        student_lprobs = F.log_softmax(student_lprobs / temperature, dim=-1)
-        # q^(1/tau) renormalised equals softmax(teacher logits / tau) on the same support
-        q = q.pow(1.0 / temperature)
-    q = q / q.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
-    lp = student_lprobs if teacher_ids is None else student_lprobs.gather(-1, teacher_ids.long())
-    return -(temperature**2) * (q * lp).sum(dim=-1)
+    if (teacher_ids is not None and temperature == 1.0) or teacher_probs.requires_grad:
+        # (N, k) work only; or a teacher that is itself trained: plain autograd
+        return _kd_rows(student_lprobs, teacher_ids, teacher_probs, temperature)
+    # a full-vocabulary teacher, or log_softmax over the vocabulary at tau != 1: (N, V) work, in chunks
+    vocab, k = student_lprobs.size(-1), teacher_probs.size(-1)
+    ids = None if teacher_ids is None else teacher_ids.reshape(-1, k)
+    kd = _ChunkedKD.apply(student_lprobs.reshape(-1, vocab), ids, teacher_probs.reshape(-1, k), temperature)
+    return kd.view(student_lprobs.shape[:-1])
 
 
 def word_kd_loss(
