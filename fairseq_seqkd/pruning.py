@@ -232,12 +232,21 @@ def compute_masks(params: Mapping[str, torch.Tensor], spec: PruneSpec) -> dict[s
     return _split(_keep_all_but_smallest(flat, round(spec.ratio * flat.numel())), params)
 
 
+def pruned_masks(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The complements of keep-masks (True = pruned): made once, reused at every step."""
+    return {n: ~m for n, m in masks.items()}
+
+
 @torch.no_grad()
+def zero_pruned(params: Mapping[str, torch.Tensor], pruned: Mapping[str, torch.Tensor]) -> None:
+    """Zero in place the entries that ``pruned`` marks (exactly 0.0); allocates nothing per call."""
+    for name, mask in pruned.items():
+        params[name].masked_fill_(mask, 0.0)
+
+
 def apply_masks(params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> None:
-    """Zero the pruned entries in place (exactly 0.0, whatever the weight was)."""
-    for name, mask in masks.items():
-        t = params[name]
-        t.masked_fill_(~mask.to(t.device), 0.0)
+    """Zero the pruned entries of keep-``masks`` in place (exactly 0.0, whatever the weight was)."""
+    zero_pruned(params, {n: ~m.to(params[n].device) for n, m in masks.items()})
 
 
 def check_masks(params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> str | None:

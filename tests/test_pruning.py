@@ -283,3 +283,51 @@ def test_masks_identical_on_all_ranks(tmp_path):
     for name in ("a.weight", "b.weight"):
         assert torch.equal(r0["after"][name], r0["before"][name])
         assert torch.equal(r1["after"][name], r0["before"][name])
+
+
+# ---- the training hook: masks made once, reused at every step ----
+
+def test_optimizer_step_reuses_the_stored_masks_and_allocates_none(monkeypatch):
+    from types import SimpleNamespace
+
+    from fairseq_seqkd.tasks.pruning_hooks import PruningMixin
+
+    class Base:
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+        def begin_epoch(self, epoch, model):
+            pass
+
+        def optimizer_step(self, optimizer, model, update_num):
+            optimizer.step()
+
+    class Task(PruningMixin, Base):
+        pass
+
+    cfg = SimpleNamespace(prune_ratio=0.5, prune_scheme="class-blind", prune_lambda=0.0,
+                          prune_keep_embeddings=False, prune_exclude=None, prune_ramp_updates=0, prune_interval=100)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.Linear(30, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    task = Task(cfg)
+    task.begin_epoch(1, model)
+    pruned = dict(task._prune_pruned)
+    keep = compute_masks(prunable_parameters(model.named_parameters()), PruneSpec(0.5))
+    assert all(torch.equal(pruned[n], ~keep[n]) for n in keep)
+
+    def no_new_masks(self):
+        raise AssertionError("a mask was inverted during a step")
+
+    monkeypatch.setattr(torch.Tensor, "__invert__", no_new_masks)
+    for update in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(8, 20)).pow(2).sum().backward()
+        task.optimizer_step(optimizer, model, update)
+        weights = dict(model.named_parameters())
+        for name, m in pruned.items():
+            assert task._prune_pruned[name] is m  # the same tensor, step after step
+            assert torch.count_nonzero(weights[name].detach()[m]) == 0
+    monkeypatch.undo()
+    stored, _ = find_checkpoint_masks({"extra_state": task.get_checkpoint_dict()})
+    assert all(torch.equal(stored[n], keep[n]) for n in keep)

@@ -47,7 +47,6 @@ from fairseq_seqkd.pruning import (
     CHECKPOINT_KEY,
     SCHEMES,
     PruneSpec,
-    apply_masks,
     check_masks,
     compute_masks,
     format_report,
@@ -56,9 +55,11 @@ from fairseq_seqkd.pruning import (
     masks_to_state,
     pack_mask,
     prunable_parameters,
+    pruned_masks,
     solve_lambda,
     sparsity_report,
     unpack_mask,
+    zero_pruned,
 )
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,9 @@ class PruningMixin:
     every optimizer step."""
 
     _prune_params: dict[str, torch.Tensor] | None = None
-    _prune_masks: dict[str, torch.Tensor] | None = None
+    # True = pruned (the complement of the keep-masks checkpoints store), made once: every
+    # optimizer step zeroes with these and allocates nothing
+    _prune_pruned: dict[str, torch.Tensor] | None = None
     _prune_spec: PruneSpec | None = None
     _prune_restored: dict | None = None
 
@@ -165,7 +168,7 @@ class PruningMixin:
 
     def _ensure_masks(self, model: torch.nn.Module, spec: PruneSpec) -> None:
         """Make (or adopt restored) masks for ``spec`` unless they are made, and zero the pruned weights."""
-        if self._prune_masks is not None and spec == self._prune_spec:
+        if self._prune_pruned is not None and spec == self._prune_spec:
             return
         spec.validate(where="--prune-* options")
         if not spec.active:  # a gradual schedule that has not started
@@ -180,8 +183,8 @@ class PruningMixin:
                 how += f", lambda {spec.lam or solve_lambda(params, spec.ratio):.4f}"
             logger.info(f"pruning: masks made from the current weights ({how})")
         masks = {n: m.to(params[n].device) for n, m in broadcast_masks(masks).items()}
-        self._prune_params, self._prune_masks, self._prune_spec = params, masks, spec
-        apply_masks(params, masks)
+        self._prune_params, self._prune_pruned, self._prune_spec = params, pruned_masks(masks), spec
+        zero_pruned(params, self._prune_pruned)
         if spec == prune_spec(self.cfg):  # the final masks: their table; a gradual step: a line
             report = sparsity_report(_unwrap(model).named_parameters(remove_duplicate=False),
                                      spec.keep_embeddings, spec.exclude)
@@ -215,17 +218,17 @@ class PruningMixin:
         if self._prune_enabled():
             self._ensure_masks(model, scheduled_spec(self.cfg, update_num))
         super().optimizer_step(optimizer, model, update_num)
-        if self._prune_masks is not None:
-            apply_masks(self._prune_params, self._prune_masks)
+        if self._prune_pruned is not None:
+            zero_pruned(self._prune_params, self._prune_pruned)
 
     def get_checkpoint_dict(self) -> dict:
         """fairseq hook: task state for ``extra_state``; the masks ride along under this class's name."""
         parent = getattr(super(), "get_checkpoint_dict", None)
         state = dict(parent()) if parent else {}
-        if self._prune_masks is not None:
+        if self._prune_pruned is not None:
             key = self.__class__.__name__
-            state[key] = {**state.get(key, {}),
-                          CHECKPOINT_KEY: masks_to_state(self._prune_masks, self._prune_spec)}
+            keep = {n: ~m for n, m in self._prune_pruned.items()}  # once per checkpoint, not per step
+            state[key] = {**state.get(key, {}), CHECKPOINT_KEY: masks_to_state(keep, self._prune_spec)}
         return state
 
     def set_checkpoint_dict(self, state: dict) -> None:
