@@ -3,7 +3,8 @@
 The recipes' data step: read each split from plain text, WMT "fake SGML" (``<seg id=..>``),
 IWSLT XML test files or IWSLT ``train.tags.*`` files; clean the training pairs (every dropped
 pair counted by reason and logged); check the test set strictly (an empty or missing line is
-an error, never dropped: a BLEU over a shortened test set is not comparable); train ONE joint
+an error, never dropped: a BLEU over a shortened test set is not comparable), and refuse a valid
+or test sentence too long for fairseq to translate (``--max-positions``); train ONE joint
 sentencepiece model on the training text (it needs no word boundaries, so Thai works as is);
 encode every split. The output folder ``OUT`` holds
 
@@ -42,6 +43,10 @@ MANIFEST_VERSION = 1
 # ratios of tiny counts ("Hi." against one Thai piece) are noise, not misalignment.
 RATIO_MIN_TOKENS = 10
 ENCODE_CHUNK = 20_000  # lines per sentencepiece batch: bounded memory on multi-million-line corpora
+# fairseq's default --max-source-positions / --max-target-positions (transformer, translation task);
+# a sentence of more pieces than this minus one (the end-of-sentence token) is refused by
+# fairseq-generate and by fairseq-train's validation
+MAX_POSITIONS = 1024
 
 _SEG = re.compile(r"<seg\b[^>]*>(.*?)</seg>", re.IGNORECASE)
 
@@ -80,43 +85,59 @@ def detect_format(path: str) -> str:
     return "text"
 
 
-def iter_plain(path: str) -> Iterator[str]:
-    """Every line of a plain text file, normalized (empty lines kept: the caller decides)."""
-    with _open_text(path) as f:
-        for line in f:
-            yield normalize_line(line)
+def utf8_error(path: str) -> UserError:
+    """A UserError naming the first line of ``path`` that is not valid UTF-8, its byte offset and the fix."""
+    opener = gzip.open if path.endswith(".gz") else open
+    offset = 0
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                where = "of the decompressed text" if path.endswith(".gz") else "of the file"
+                return UserError(
+                    f"{path}: line {n} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte offset "
+                    f"{offset + e.start} {where}, byte {e.start + 1} of the line). prepare reads UTF-8 text: "
+                    f"re-encode the file (`file -i {path}` guesses its encoding; e.g. `iconv -f ISO-8859-1 "
+                    f"-t UTF-8 {path} > {path}.utf8` for Latin-1), or remove the invalid bytes (`iconv -f "
+                    "UTF-8 -t UTF-8 -c`) or fix that line by hand; then delete the output folder (it "
+                    "records its input files' sizes) and run prepare again")
+            offset += len(raw)
+    return UserError(f"{path}: not valid UTF-8; re-encode it to UTF-8 (e.g. with iconv) and run prepare again")
 
 
-def iter_segments(path: str) -> Iterator[str]:
-    """The ``<seg>`` contents of a WMT SGML or IWSLT XML file, in file order."""
-    # Both are line-oriented with one <seg> per line; WMT's "fake SGML" is not valid XML (bare
-    # '&'), so no XML parser and no entity unescaping, as sacrebleu reads these files.
+def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file; invalid UTF-8 is a UserError naming line and byte."""
     with _open_text(path) as f:
-        for line in f:
+        try:
+            yield from enumerate(f, 1)
+        except UnicodeDecodeError:
+            # the decoder reads ahead in blocks: find the line from the bytes
+            raise utf8_error(path) from None
+
+
+def _numbered_sentences(path: str) -> Iterator[tuple[int, str]]:
+    """(line number in the file, normalized sentence) of one side, in the format its name says."""
+    fmt = detect_format(path)
+    for n, line in _numbered_lines(path):
+        if fmt in ("sgml", "xml"):
+            # Both are line-oriented with one <seg> per line; WMT's "fake SGML" is not valid XML
+            # (bare '&'), so no XML parser and no entity unescaping, as sacrebleu reads these files.
             m = _SEG.search(line)
             if m:
-                yield normalize_line(m.group(1))
-
-
-def iter_tags(path: str) -> Iterator[str]:
-    """The text lines of an IWSLT ``train.tags.*`` file, skipping its metadata tag lines."""
-    with _open_text(path) as f:
-        for line in f:
+                yield n, normalize_line(m.group(1))
+        elif fmt == "tags":
             # <url>, <keywords>, <speaker>, <talkid>, <title>, <description>, <reviewer>, ...:
             # talk metadata, one line each and in the same places on both sides
-            if line.lstrip().startswith("<"):
-                continue
-            yield normalize_line(line)
+            if not line.lstrip().startswith("<"):
+                yield n, normalize_line(line)
+        else:  # plain text: empty lines kept, the caller decides
+            yield n, normalize_line(line)
 
 
 def iter_side(path: str) -> Iterator[str]:
     """The sentences of one side of a split, in the format its file name says."""
-    fmt = detect_format(path)
-    if fmt in ("sgml", "xml"):
-        return iter_segments(path)
-    if fmt == "tags":
-        return iter_tags(path)
-    return iter_plain(path)
+    return (sentence for _, sentence in _numbered_sentences(path))
 
 
 def read_side(path: str) -> list[str]:
@@ -392,14 +413,50 @@ def _read_split(split: str, files: Sequence[tuple[str, str]], out_dir: str, src:
     return asdict(stats)
 
 
+def _origin(split: str, files: Sequence[tuple[str, str]], index: int) -> tuple[str, int, str, int]:
+    """(source file, its line, target file, its line) of the ``index``-th pair a valid/test split kept."""
+    k = 0
+    for src_path, tgt_path in files:
+        for (ns, s), (nt, t) in zip(_numbered_sentences(src_path), _numbered_sentences(tgt_path)):
+            if not s or not t:  # dropped from valid (_read_split); a test set has none
+                continue
+            if k == index:
+                return src_path, ns, tgt_path, nt
+            k += 1
+    raise AssertionError(f"{split}: pair {index} not found in {files}")
+
+
+def _too_long_error(split: str, files: Sequence[tuple[str, str]], too_long: list[tuple[int, int, int]],
+                    max_positions: int) -> UserError:
+    """The UserError for valid/test pairs with a side of ``max_positions`` pieces or more."""
+    where = []
+    for index, n_src, n_tgt in too_long[:5]:
+        src_path, src_line, tgt_path, tgt_line = _origin(split, files, index)
+        sides = [f"{src_path} line {src_line}: {n_src} pieces"] if n_src >= max_positions else []
+        sides += [f"{tgt_path} line {tgt_line}: {n_tgt} pieces"] if n_tgt >= max_positions else []
+        where.append("; ".join(sides))
+    more = f" (and {len(too_long) - 5} more)" if len(too_long) > 5 else ""
+    return UserError(
+        f"{split}: {len(too_long)} sentence pair(s) longer than fairseq's {max_positions} positions (pieces "
+        f"plus end of sentence): {' | '.join(where)}{more}. A {split} sentence is never dropped here, but "
+        "fairseq-generate and fairseq-train's validation stop at it ('Size of sample #N is invalid ... "
+        "since max_positions=...'), and their --skip-invalid-size-inputs-valid-test would leave it out "
+        "(a BLEU over fewer sentences). Split or shorten that line in both files (a line this long is "
+        "usually several sentences, or lines joined by a lost line break), then delete the output folder "
+        "and run prepare again; or, if the models are trained with larger --max-source-positions and "
+        "--max-target-positions, pass that value as --max-positions")
+
+
 def _encode_split(split: str, out_dir: str, src: str, tgt: str, sp, clean: CleanConfig,
-                  threads: int) -> dict:
+                  threads: int, files: Sequence[tuple[str, str]] = (), max_positions: int = MAX_POSITIONS) -> dict:
     """Write OUT/{split}.{src,tgt} in pieces and OUT/{split}.raw.{src,tgt} beside them, pair for pair.
 
     Training pairs too long or out of ratio in pieces are dropped here (counted); valid and test
-    pairs never are.
+    pairs never are, and one too long for fairseq (``max_positions``) is a UserError naming its
+    file and line (``files``: the split's raw files).
     """
     stats = SplitStats()
+    too_long: list[tuple[int, int, int]] = []  # valid/test: (pair index, source pieces, target pieces)
     read_paths = [os.path.join(out_dir, f"{split}.read.{lang}") for lang in (src, tgt)]
     out_paths = [os.path.join(out_dir, f"{split}{kind}.{lang}")
                  for kind in ("", ".raw") for lang in (src, tgt)]
@@ -414,6 +471,8 @@ def _encode_split(split: str, out_dir: str, src: str, tgt: str, sp, clean: Clean
             for s, t, ps, pt in zip(src_lines, tgt_lines, enc_s, enc_t):
                 stats.read += 1
                 reason = token_drop_reason(len(ps), len(pt), clean) if split == "train" else None
+                if split != "train" and max(len(ps), len(pt)) >= max_positions:
+                    too_long.append((stats.read - 1, len(ps), len(pt)))
                 if reason:
                     stats.drop(reason)
                     continue
@@ -432,6 +491,8 @@ def _encode_split(split: str, out_dir: str, src: str, tgt: str, sp, clean: Clean
             if len(src_lines) >= ENCODE_CHUNK:
                 flush()
         flush()
+        if too_long:  # raised inside the block: no output file is written
+            raise _too_long_error(split, files, too_long, max_positions)
     if stats.kept == 0:
         raise UserError(f"{split}: every pair was dropped while encoding {read_paths[0]}; "
                         "raise --max-tokens / --max-ratio")
@@ -457,11 +518,13 @@ def _step_files(out_dir: str) -> list[str]:
 
 def prepare_corpus(raw: Raw, out_dir: str, src: str, tgt: str, vocab_size: int = 32000,
                    clean: CleanConfig | None = None, spm_cfg: SpmConfig | None = None,
-                   threads: int = 0) -> dict:
+                   threads: int = 0, max_positions: int = MAX_POSITIONS) -> dict:
     """Read, clean, train the joint sentencepiece model and encode every split; return the manifest.
 
     ``raw`` maps each of train/valid/test to a list of (source file, target file) pairs that are
     concatenated in order. Resumable: completed steps are skipped; a finished folder is verified.
+    A valid/test sentence of ``max_positions`` pieces or more (fairseq could not translate it) is
+    a UserError; it changes no output, so it is not among the recorded settings.
     """
     clean = clean or CleanConfig()
     spm_cfg = spm_cfg or SpmConfig(vocab_size=vocab_size)
@@ -521,7 +584,8 @@ def prepare_corpus(raw: Raw, out_dir: str, src: str, tgt: str, vocab_size: int =
     for split in SPLITS:
         encode_stats[split] = _load_stats(out_dir, f"encode.{split}")
         if encode_stats[split] is None:
-            encode_stats[split] = _encode_split(split, out_dir, src, tgt, sp, clean, threads)
+            encode_stats[split] = _encode_split(split, out_dir, src, tgt, sp, clean, threads, raw[split],
+                                                max_positions)
             _save_stats(out_dir, f"encode.{split}", encode_stats[split])
         else:
             logger.info("%s: encoded before, skipped", split)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import unicodedata
 from pathlib import Path
 
@@ -229,3 +230,45 @@ def test_thai_sentencepiece_on_real_text(shared_data, tmp_path):
     for p, r in zip(pieces, raw_th):
         assert decode_pieces(p) == unicodedata.normalize("NFKC", r)
     assert read_side(str(tmp_path / "test.raw.en")) == read_side(str(tst / "tst2010-2013_th-en.en"))
+
+
+def test_invalid_utf8_is_an_error_naming_file_line_and_byte(tmp_path):
+    import gzip
+
+    text = "first line\nsecond line\ncaf\xe9 au lait\n".encode("latin-1")  # Latin-1, not UTF-8
+    (tmp_path / "train.en").write_bytes(text)
+    with gzip.open(tmp_path / "train.de.gz", "wb") as f:
+        f.write(text)
+    for name, where in (("train.en", "of the file"), ("train.de.gz", "of the decompressed text")):
+        with pytest.raises(UserError) as e:
+            read_side(str(tmp_path / name))
+        msg = str(e.value)
+        assert f"{tmp_path / name}: line 3 is not valid UTF-8 (byte 0xe9 at byte offset 26 {where}" in msg
+        assert "iconv -f ISO-8859-1 -t UTF-8" in msg
+    # through prepare, as the command runs it: the same error, not a bare UnicodeDecodeError
+    (tmp_path / "ok.de").write_text("eins\nzwei\ndrei\n")
+    raw = {s: [(str(tmp_path / "train.en"), str(tmp_path / "ok.de"))] for s in ("train", "valid", "test")}
+    with pytest.raises(UserError, match=r"train.en: line 3 is not valid UTF-8"):
+        prepare_corpus(raw, str(tmp_path / "out"), "en", "de", vocab_size=50)
+
+
+def test_a_valid_or_test_sentence_too_long_for_fairseq_is_an_error_naming_file_and_line(tmp_path):
+    write_corpus(str(tmp_path), {"train": 300, "valid": 10, "test": 10}, seed=5)
+    valid_en = (tmp_path / "valid.en").read_text().splitlines()
+    valid_de = (tmp_path / "valid.de").read_text().splitlines()
+    valid_en[1] = ""  # dropped from valid: the line numbers after it still name the file's lines
+    valid_en[4] = " ".join(["the dog sees the cat"] * 20)  # 100 words: kept verbatim, too long
+    (tmp_path / "valid.en").write_text("\n".join(valid_en) + "\n")
+    (tmp_path / "valid.de").write_text("\n".join(valid_de) + "\n")
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as e:
+        prepare_corpus(_raw(tmp_path), str(out), "en", "de", vocab_size=200, max_positions=64)
+    msg = str(e.value)
+    assert re.search(rf"valid: 1 sentence pair\(s\) longer than fairseq's 64 positions .*"
+                     rf"{re.escape(str(tmp_path / 'valid.en'))} line 5: \d+ pieces", msg), msg
+    assert "valid.de line" not in msg and "--skip-invalid-size-inputs-valid-test" in msg
+    assert "pass that value as --max-positions" in msg and not (out / "valid.en").exists()
+    # the models' own limit, if larger: prepared, the long sentence kept verbatim
+    manifest = prepare_corpus(_raw(tmp_path), str(out), "en", "de", vocab_size=200, max_positions=1024)
+    assert manifest["splits"]["valid"] == {"read": 10, "kept": 9, "dropped": {"empty": 1}}
+    assert valid_en[4] in read_side(str(out / "valid.raw.en"))

@@ -6,7 +6,7 @@ import argparse
 import json
 from dataclasses import fields
 
-from fairseq_seqkd.data_prep import CleanConfig, SpmConfig, prepare_corpus
+from fairseq_seqkd.data_prep import MAX_POSITIONS, CleanConfig, SpmConfig, prepare_corpus
 
 HELP = ("read raw parallel text (plain, WMT SGML, IWSLT XML or train.tags), clean the training pairs "
         "(drops counted), train one joint sentencepiece model and encode train/valid/test for fairseq")
@@ -31,6 +31,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                             "*.sgm, *.xml, train.tags.*, else plain text; .gz read as is)")
     _add_config(p, SpmConfig)
     _add_config(p, CleanConfig)
+    p.add_argument("--max-positions", type=int, default=MAX_POSITIONS,
+                   help="a valid or test sentence of this many pieces or more is an error (fairseq-generate "
+                        "refuses it): the models' --max-source-positions/--max-target-positions "
+                        f"(default {MAX_POSITIONS}, fairseq's)")
     p.add_argument("--threads", type=int, default=0,
                    help="sentencepiece threads (default: all cores, at most 16)")
 
@@ -40,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     clean = CleanConfig(**{f.name: getattr(args, f.name) for f in fields(CleanConfig)})
     raw = {split: [tuple(pair) for pair in getattr(args, split)] for split in ("train", "valid", "test")}
     manifest = prepare_corpus(raw, args.out_dir, args.src, args.tgt, clean=clean, spm_cfg=spm_cfg,
-                              threads=args.threads)
+                              threads=args.threads, max_positions=args.max_positions)
     summary = {"out_dir": args.out_dir, "splits": manifest["splits"], "pieces": manifest["spm"]["pieces"]}
     print(json.dumps(summary))
     return 0
