@@ -12,10 +12,9 @@ import re
 from dataclasses import dataclass, field
 
 from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.generate_output import UNTAGGED, iter_blocks, translated_count
 from fairseq_seqkd.io_utils import atomic_write_text, read_lines
 
-# fairseq-generate's closing line: sentences, then (where the line is whole) tokens and seconds
-TRANSLATED_LINE = re.compile(r"Translated ([\d,]+) sentences(?: \(([\d,]+) tokens\) in ([\d.]+)s)?")
 _PPL = re.compile(r"\|\s*ppl\s+([\d.]+)")
 
 
@@ -37,20 +36,18 @@ def parse_generate_output(path: str, log: str | None = None) -> GenerateOutput:
     that holds stderr when it was kept apart (so no log line can land inside a hypothesis).
     """
     out = GenerateOutput(path)
-    for line in read_lines(path) + (read_lines(log) if log else []):
-        tag, _, rest = line.partition("\t")
-        if tag.startswith("S-"):
-            out.sources[int(tag[2:])] = rest
-        elif tag.startswith("D-"):
-            sid = int(tag[2:])
-            if sid not in out.hypotheses:
-                _score, _, text = rest.partition("\t")
-                out.hypotheses[sid] = text
-        else:
-            m = TRANSLATED_LINE.search(line)
-            if m and m.group(3):
-                out.tokens = int(m.group(2).replace(",", ""))
-                out.seconds = float(m.group(3))
+    for name in [path] + ([log] if log else []):
+        for sid, lines in iter_blocks(name, errors="strict"):
+            for _number, tag, rest in lines:
+                if tag == "S":
+                    out.sources[sid] = rest
+                elif tag == "D":
+                    if sid not in out.hypotheses:
+                        out.hypotheses[sid] = rest.partition("\t")[2]
+                elif sid == UNTAGGED:
+                    t = translated_count(rest)
+                    if t is not None and t[2] is not None:
+                        _sentences, out.tokens, out.seconds = t
     return out
 
 

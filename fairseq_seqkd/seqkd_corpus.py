@@ -29,9 +29,20 @@ What it checks, refusing with the list of what is wrong rather than dropping any
   ``D-`` lines and are fine); every hypothesis token must be a dictionary symbol, and its
   token count must match its ``P-`` line (one score per token plus EOS), which also catches a
   line cut by stderr text written into the same file (keep ``2>`` separate);
+- every hypothesis is whole: fairseq-generate writes ``H-``, ``D-`` and ``P-`` lines for each,
+  so a sentence block whose first ``H-`` line has no ``P-`` line after it is a cut file (a
+  generation that died, a full disk), refused with the shard to regenerate;
 - ``S-`` lines, where present, match the data's source sentences (the output belongs to
   this data and split), and a ``Translated N sentences`` line, where present (stderr merged
   into the file), matches the number of sentences in that file.
+
+It streams, so WMT-sized corpora (millions of sentences) fit in a fixed amount of memory: pass 1
+reads each file line by line (:mod:`fairseq_seqkd.generate_output`), encodes each first ``H-``
+line to token ids and appends them to a temporary file in file order, keeping per sentence id only
+a few numbers in arrays (about 28 bytes); pass 2 writes the pairs in id order a chunk of
+sentences at a time, reading the source from the split's own files and the hypotheses from the
+temporary file (:mod:`fairseq_seqkd.indexed_data`). The output is byte for byte what fairseq's
+indexed-dataset builder writes for the same pairs.
 
 An empty hypothesis (the teacher emitted only EOS) is counted, its ids are reported, and
 ``empty`` decides: ``reference`` (default) keeps the pair with the original reference as
@@ -40,35 +51,31 @@ target, ``drop`` leaves the pair out, ``error`` refuses.
 
 from __future__ import annotations
 
+import gc
 import json
+import mmap
 import os
 import re
 import shutil
 import tempfile
+from array import array
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 
-import torch
+import numpy as np
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.evaluation import TRANSLATED_LINE, format_ids
-from fairseq_seqkd.io_utils import read_lines
+from fairseq_seqkd.evaluation import format_ids
+from fairseq_seqkd.generate_output import UNTAGGED, iter_blocks, translated_count
+from fairseq_seqkd.indexed_data import IndexedReader, IndexedWriter, SymbolLines, builder_dtype
 
 EMPTY_POLICIES = ("reference", "drop", "error")
 SHARD_NAME = "shard{}.txt"
-_TAGGED = re.compile(r"^([A-Z])-(\d+)\t(.*)$")
-
-
-@dataclass
-class GenerationOutput:
-    """The 1-best (first ``H-`` line) per sentence id of one ``fairseq-generate`` output file."""
-
-    path: str
-    hypotheses: dict[int, str] = field(default_factory=dict)
-    sources: dict[int, str] = field(default_factory=dict)
-    occurrences: Counter = field(default_factory=Counter)  # sentence blocks per id (2+: duplicated)
-    translated: int | None = None  # the "Translated N sentences" line, where stderr was merged in
-    bad_lines: list[str] = field(default_factory=list)
+CHUNK = 4096  # sentences written at a time: what pass 2 holds in memory, whatever the corpus size
+WORK = ".work"  # the temporary files of pass 1, inside the temporary output folder
+_TYPECODES = {np.dtype(np.uint16): "H", np.dtype(np.uint32): "I", np.dtype(np.int64): "q"}
 
 
 def shard_files(generated: list[str], num_shards: int | None = None) -> list[str]:
@@ -104,43 +111,241 @@ def shard_files(generated: list[str], num_shards: int | None = None) -> list[str
     return list(generated)
 
 
-def parse_generation(path: str) -> GenerationOutput:
-    """Read one ``fairseq-generate`` output: first H- per id, S- lines, and line-level consistency."""
-    out = GenerationOutput(path)
-    previous = None  # the id of the last tagged line: a new id starts a new sentence block
-    pending = None  # (id, token count) of a first H- line whose P- line is expected next
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            m = _TAGGED.match(line)
-            if m is None:
-                t = TRANSLATED_LINE.search(line)
-                if t:
-                    out.translated = int(t.group(1).replace(",", ""))
+def _format_ids(ids: np.ndarray) -> str:
+    """``format_ids`` of an array of ids, converting only the ten it shows."""
+    return format_ids(np.asarray(ids)[:10].tolist()) + (f", ... ({len(ids)} in all)" if len(ids) > 10 else "")
+
+
+@dataclass
+class FileCheck:
+    """What reading one generation file found: its size and its faults (the first few of each, and counts)."""
+
+    path: str
+    distinct: int = 0  # sentence ids in the file
+    translated: int | None = None  # the "Translated N sentences" line, where stderr was merged in
+    bad_lines: list[str] = field(default_factory=list)  # the first 5
+    truncated: list[tuple[int, int]] = field(default_factory=list)  # the first 10 (id, line of its H-)
+    truncated_count: int = 0
+    no_hypothesis: np.ndarray | None = None  # ids of blocks with no H- line, sorted
+
+    def problems(self) -> list[str]:
+        """This file's faults as lines of the error message."""
+        out = [f"{self.path}: {b}" for b in self.bad_lines]
+        if self.truncated:
+            sid, line = self.truncated[0]
+            ids = format_ids([i for i, _ in self.truncated]) + (
+                f", ... ({self.truncated_count} in all)" if self.truncated_count > len(self.truncated) else "")
+            out.append(f"{self.path}: the hypothesis of ids {ids} has no P- line (H-{sid} at line {line}): "
+                       "fairseq-generate writes H-, D- and P- lines for every hypothesis, so the file is cut "
+                       "(its generation died, or the disk filled); regenerate this shard, then extract again")
+        if self.translated is not None and self.translated != self.distinct:
+            out.append(f"{self.path}: says 'Translated {self.translated} sentences' but holds "
+                       f"{self.distinct}: the file is truncated or mixed; regenerate it")
+        if self.no_hypothesis is not None and len(self.no_hypothesis):
+            out.append(f"{self.path}: no H- line for ids {_format_ids(self.no_hypothesis)} (generated with "
+                       "--quiet, or the file is cut)")
+        return out
+
+
+class Hypotheses:
+    """Pass 1 over the generation files: the first ``H-`` line of each sentence id, encoded to token ids.
+
+    The ids go to a temporary file in the order they are read; what grows with the corpus is
+    a few arrays indexed by sentence id (blocks seen, the file of the last block and of the
+    hypothesis, offset and length in the temporary file, and the hash of the source sentence):
+    about 28 bytes a sentence. They are ``array.array`` objects (fast to index one at a time, as
+    this loop does) seen through numpy views for the checks that read them whole. Ids beyond the
+    data's ``n`` sentences (output of other data) are kept in dicts: they are an error.
+    """
+
+    _FLUSH = 1 << 20  # token ids buffered before they are written
+
+    def __init__(self, n: int, tgt_dict, tmp: str, source_hashes: array | None = None):
+        self.n, self.dict = n, tgt_dict
+        self._blocks, self._last_file, self._hyp_file = array("i", bytes(4 * n)), array("h", b"\xff\xff" * n), \
+            array("h", b"\xff\xff" * n)
+        self._offset, self._length = array("q", bytes(8 * n)), array("i", bytes(4 * n))
+        self.blocks, self.last_file, self.hyp_file = (np.frombuffer(a, t) if n else np.zeros(0, t) for a, t in (
+            (self._blocks, np.int32), (self._last_file, np.int16), (self._hyp_file, np.int16)))
+        self.offset = np.frombuffer(self._offset, np.int64) if n else np.zeros(0, np.int64)
+        self.length = np.frombuffer(self._length, np.int32) if n else np.zeros(0, np.int32)  # 1: empty
+        self.extra_blocks, self.extra_last, self.extra_hyp = Counter(), {}, {}
+        self.repeats = (array("q"), array("h"))  # (id, file) of every block of a repeated id, in file order
+        self._hashes = source_hashes
+        self.differ_count, self.differ_first = 0, None  # S- lines unlike the data: count, (id, file, text)
+        self.unknown: np.ndarray | None = None  # ids whose hypothesis holds unknown tokens
+        self.unknown_tokens, self._unknown_order = Counter(), {}
+        self.dtype = builder_dtype(len(tgt_dict))
+        self.ids_path = os.path.join(tmp, "hypotheses.ids")
+        self._ids = open(self.ids_path, "wb")
+        self._buffer: list[int] = []
+        self._written = 0
+        # a hypothesis whose text is not its tokens joined by single spaces (never from fairseq) is kept as text
+        self.irregular_path = os.path.join(tmp, "hypotheses.txt")
+        self._irregular = open(self.irregular_path, "wb")
+        self.irregular = array("q")  # (id, offset, length) triples
+
+    def read(self, index: int, path: str) -> FileCheck:
+        """Read generation file number ``index``; return its faults."""
+        enabled = gc.isenabled()
+        gc.disable()  # the loop makes millions of short-lived tuples and no cycle: collections are wasted time
+        try:
+            return self._read(index, path)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _read(self, index: int, path: str) -> FileCheck:
+        check = FileCheck(path)
+        n, blocks, last_file, hyp_file = self.n, self._blocks, self._last_file, self._hyp_file
+        offset, length, hashes, buffer = self._offset, self._length, self._hashes, self._buffer
+        lookup, eos = self.dict.indices.__getitem__, self.dict.eos_index
+        for sid, lines in iter_blocks(path):
+            if sid == UNTAGGED:
+                t = translated_count(lines[0][2])
+                if t is not None:
+                    check.translated = t[0]
                 continue
-            tag, sid, rest = m.group(1), int(m.group(2)), m.group(3)
-            if sid != previous:
-                out.occurrences[sid] += 1
-                previous = sid
-            if tag == "S" and out.occurrences[sid] == 1:
-                out.sources[sid] = rest
-            elif tag == "H" and sid not in out.hypotheses:
-                score, _, text = rest.partition("\t")  # an empty hypothesis: "H-7<tab>-1.2<tab>"
-                try:
-                    float(score)
-                except ValueError:
-                    out.bad_lines.append(f"line {number}: malformed H- line {line[:80]!r}")
-                    continue
-                out.hypotheses[sid] = text.strip()
-                pending = (sid, len(text.split()))
-            elif tag == "P" and pending is not None and pending[0] == sid:
-                scores = len(rest.split())
-                if scores != pending[1] + 1:
-                    out.bad_lines.append(
-                        f"line {number}: H-{sid} has {pending[1]} tokens but its P- line {scores} scores "
-                        "(one per token plus EOS)")
-                pending = None
-    return out
+            known = sid < n
+            previous = last_file[sid] if known else self.extra_last.get(sid, -1)
+            seen = blocks[sid] if known else self.extra_blocks[sid]
+            if seen:
+                if seen == 1:
+                    self.repeats[0].append(sid)
+                    self.repeats[1].append(previous)
+                self.repeats[0].append(sid)
+                self.repeats[1].append(index)
+            if known:
+                blocks[sid] = seen + 1
+                last_file[sid] = index
+                has_hypothesis = hyp_file[sid] == index
+            else:
+                self.extra_blocks[sid] += 1
+                self.extra_last[sid] = index
+                has_hypothesis = self.extra_hyp.get(sid) == index
+            first_block = previous != index
+            check.distinct += first_block
+            source, pending = None, None
+            for number, tag, rest in lines:
+                if tag == "S":
+                    source = rest
+                elif tag == "H" and not has_hypothesis:
+                    score, _, text = rest.partition("\t")  # an empty hypothesis: "H-7<tab>-1.2<tab>"
+                    try:
+                        float(score)
+                    except ValueError:
+                        if len(check.bad_lines) < 5:
+                            raw = f"H-{sid}\t{rest}"
+                            check.bad_lines.append(f"line {number}: malformed H- line {raw[:80]!r}")
+                        continue
+                    has_hypothesis = True
+                    tokens = text.split()
+                    pending = (len(tokens), number)
+                    if not known:
+                        self.extra_hyp[sid] = index
+                        continue
+                    hyp_file[sid] = index
+                    mark = len(buffer)
+                    try:
+                        buffer.extend(map(lookup, tokens))
+                    except KeyError:
+                        del buffer[mark:]
+                        buffer.extend(self._unknown(sid, tokens))
+                    buffer.append(eos)
+                    offset[sid], length[sid] = self._written, len(tokens) + 1
+                    self._written += len(tokens) + 1
+                    text = text.strip()
+                    # only ASCII spaces, single, between tokens: then the tokens joined are the text
+                    if not (text.isprintable() and "  " not in text) and " ".join(tokens) != text:
+                        data = text.encode("utf-8")
+                        self.irregular.extend((sid, self._irregular.tell(), len(data)))
+                        self._irregular.write(data)
+                    if len(buffer) > self._FLUSH:
+                        self._flush()
+                elif tag == "P" and pending is not None:
+                    # one score per token plus EOS: counted as str.split() would, without splitting
+                    if rest and rest.isprintable() and "  " not in rest and rest[0] != " " and rest[-1] != " ":
+                        scores = rest.count(" ") + 1
+                    else:
+                        scores = len(rest.split())
+                    if scores != pending[0] + 1 and len(check.bad_lines) < 5:
+                        check.bad_lines.append(
+                            f"line {number}: H-{sid} has {pending[0]} tokens but its P- line {scores} scores "
+                            "(one per token plus EOS)")
+                    pending = None
+            if pending is not None:  # the file ends (or breaks off) inside this hypothesis
+                check.truncated_count += 1
+                if len(check.truncated) < 10:
+                    check.truncated.append((sid, pending[1]))
+            if first_block and source is not None and hashes is not None and known and hash(source) != hashes[sid]:
+                self.differ_count += 1
+                if self.differ_first is None:
+                    self.differ_first = (sid, path, source)
+        ids = np.flatnonzero((self.last_file == index) & (self.hyp_file != index))
+        extra = sorted(i for i, f in self.extra_last.items() if f == index and self.extra_hyp.get(i) != index)
+        check.no_hypothesis = np.concatenate((ids, np.array(extra, np.int64))) if extra else ids
+        return check
+
+    def _unknown(self, sid: int, tokens: list[str]) -> list[int]:
+        """The ids of a hypothesis with tokens not in the dictionary (unk for those), which are noted."""
+        d = self.dict
+        ids = [d.indices.get(t, d.unk_index) for t in tokens]
+        bad = [t for t in tokens if t not in d.indices]
+        if self.unknown is None:
+            self.unknown = np.zeros(self.n, bool)
+        self.unknown[sid] = True
+        self.unknown_tokens.update(bad)
+        for k, t in enumerate(bad):  # Counter order as if counted in id order: first (id, place)
+            self._unknown_order[t] = min(self._unknown_order.get(t, (sid, k)), (sid, k))
+        return ids
+
+    def _flush(self) -> None:
+        self._ids.write(array(_TYPECODES[self.dtype], self._buffer))
+        self._buffer.clear()
+
+    def close(self) -> None:
+        """Write what is buffered and close the temporary files."""
+        self._flush()
+        self._ids.close()
+        self._irregular.close()
+
+    def repeated(self) -> tuple[np.ndarray, list[int]]:
+        """(repeated ids sorted, the files of the first one's blocks in reading order)."""
+        ids = np.frombuffer(self.repeats[0], np.int64) if len(self.repeats[0]) else np.zeros(0, np.int64)
+        if not len(ids):
+            return ids, []
+        unique = np.unique(ids)
+        files = np.frombuffer(self.repeats[1], np.int16)[ids == unique[0]]
+        return unique, files.tolist()
+
+    def most_unknown(self, k: int = 5) -> dict[str, int]:
+        """The ``k`` most frequent unknown tokens, ties in the order a pass in id order meets them."""
+        order = sorted(self.unknown_tokens.items(), key=lambda kv: (-kv[1], self._unknown_order[kv[0]]))
+        return dict(order[:k])
+
+
+class _DatasetSide:
+    """A side of a split that is not in fairseq's mmap format, read through its fairseq dataset (slower)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def tokens(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        items = [self.dataset[i].numpy() for i in range(start, stop)]
+        sizes = np.array([len(x) for x in items], np.int32)
+        return (np.concatenate(items) if items else np.zeros(0, np.int64)), sizes
+
+    def close(self) -> None:
+        pass
+
+
+def _side(dataset):
+    """A chunked reader of one side of the split: the files themselves where they are in fairseq's mmap format."""
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    if type(dataset) is MMapIndexedDataset and getattr(dataset, "_path", None):
+        return IndexedReader(dataset._path)
+    return _DatasetSide(dataset)
 
 
 def _language_pair_data(data: str, split: str, source_lang: str | None, target_lang: str | None):
@@ -157,19 +362,6 @@ def _language_pair_data(data: str, split: str, source_lang: str | None, target_l
     return task, task.dataset(split), utils.split_paths(data)[0]
 
 
-def _encode_hypothesis(text: str, tgt_dict) -> tuple[torch.Tensor, list[str]]:
-    """Ids of a token-space hypothesis plus EOS (as fairseq-preprocess binarizes), and its unknown tokens."""
-    unk = tgt_dict.unk()
-    ids, unknown = [], []
-    for tok in text.split():
-        i = tgt_dict.indices.get(tok, unk)
-        if i == unk and tok != tgt_dict.unk_word:
-            unknown.append(tok)
-        ids.append(i)
-    ids.append(tgt_dict.eos())
-    return torch.tensor(ids, dtype=torch.int32), unknown
-
-
 def _other_split_files(folder: str, split: str, src: str, tgt: str) -> list[str]:
     """The data's other binarized splits (valid, test, ...), not ``split`` nor its ``split1``... parts."""
     pairs = {f"{src}-{tgt}", f"{tgt}-{src}"}
@@ -182,42 +374,57 @@ def _other_split_files(folder: str, split: str, src: str, tgt: str) -> list[str]
     return keep
 
 
-def _id_problems(outputs: list[GenerationOutput], seen: Counter, n: int, what: str) -> list[str]:
+def _text_lines(path: str) -> Iterator[str]:
+    """The stripped lines of a UTF-8 text file, split as ``str.splitlines`` splits, read by blocks."""
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    with open(path, encoding="utf-8") as f:
+        rest = ""
+        while block := f.read(1 << 20):
+            lines = (rest + block).splitlines(keepends=True)
+            rest = lines.pop() if lines[-1].splitlines()[0] == lines[-1] else ""
+            yield from (line.strip() for line in lines)
+        if rest:
+            yield rest.strip()
+
+
+def _source_strings(reader, decoder: SymbolLines, start: int, stop: int) -> list[str]:
+    """Sentences ``start``..``stop - 1`` of the source as ``src_dict.string`` writes them."""
+    tokens, sizes = reader.tokens(start, stop)
+    return decoder.lines(tokens, sizes).decode("utf-8").split("\n")[:-1]
+
+
+def _source_hashes(reader, decoder: SymbolLines, n: int) -> array:
+    """``hash()`` of every source sentence as text, to compare S- lines read in any order with the data."""
+    hashes = array("q")
+    for start in range(0, n, CHUNK):
+        hashes.extend(map(hash, _source_strings(reader, decoder, start, min(n, start + CHUNK))))
+    return hashes
+
+
+def _id_problems(hyps: Hypotheses, files: list[str], n: int, what: str) -> list[str]:
     """Missing, repeated and out-of-range sentence ids, each named."""
     problems = []
-    duplicated = sorted(sid for sid, count in seen.items() if count > 1)
-    if duplicated:
+    duplicated, where = hyps.repeated()
+    if len(duplicated):
         sid = duplicated[0]
-        where = [g.path for g in outputs for _ in range(g.occurrences[sid])]
         hint = ""
-        if len(duplicated) == n and len(outputs) > 1:
+        if len(duplicated) == n and len(files) > 1:
             hint = (" Every sentence is in several files: fairseq-generate ignores --num-shards/--shard-id "
                     "with --task translation; generate with --task translation_kd (which honours them).")
-        problems.append(f"{len(duplicated)} sentence ids appear more than once (ids {format_ids(duplicated)}; "
-                        f"id {sid} in {', '.join(where)}).{hint}")
-    missing = [i for i in range(n) if i not in seen]
-    if missing:
+        problems.append(f"{len(duplicated)} sentence ids appear more than once (ids {_format_ids(duplicated)}; "
+                        f"id {sid} in {', '.join(files[f] for f in where)}).{hint}")
+    missing = np.flatnonzero(hyps.blocks == 0)
+    if len(missing):
         problems.append(f"{len(missing)} of the {n} sentences of {what} are in no generation file (ids "
-                        f"{format_ids(missing)}): fairseq drops sentences unless generated with "
+                        f"{_format_ids(missing)}): fairseq drops sentences unless generated with "
                         "--required-batch-size-multiple 1 (and skips over-long ones with "
                         "--skip-invalid-size-inputs-valid-test); regenerate the shard(s) holding them")
-    extra = sorted(i for i in seen if not 0 <= i < n)
+    extra = sorted(hyps.extra_blocks)
     if extra:
         problems.append(f"ids {format_ids(extra)} are beyond the {n} sentences of {what}: the output was "
                         "generated from other data or another --gen-subset")
     return problems
-
-
-def _source_problems(outputs: list[GenerationOutput], sources: list[str], what: str) -> list[str]:
-    """S- lines that are not the data's source sentences."""
-    differ = [(i, g) for g in outputs for i, text in g.sources.items()
-              if i < len(sources) and text != sources[i]]
-    if not differ:
-        return []
-    i, g = differ[0]
-    return [f"{len(differ)} S- lines differ from {what} (id {i}: {g.path} has {g.sources[i]!r}, the data "
-            f"{sources[i]!r}): generated from other data, or with --bpe/--tokenizer/--post-process "
-            "(then pass --no-source-check)"]
 
 
 def extract_corpus(generated: list[str], data: str, out: str, split: str = "train",
@@ -231,6 +438,8 @@ def extract_corpus(generated: list[str], data: str, out: str, split: str = "trai
     if empty not in EMPTY_POLICIES:
         raise UserError(f"empty-hypothesis policy {empty!r}: choose one of {', '.join(EMPTY_POLICIES)}")
     files = shard_files(generated, num_shards)
+    if len(files) > 32000:
+        raise UserError(f"{len(files)} generation files: merge some of them first (at most 32000)")
     task, dataset, folder = _language_pair_data(data, split, source_lang, target_lang)
     src, tgt = task.cfg.source_lang, task.cfg.target_lang
     if os.path.realpath(out) == os.path.realpath(folder):
@@ -239,118 +448,204 @@ def extract_corpus(generated: list[str], data: str, out: str, split: str = "trai
     src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
     n = len(dataset)
     what = f"{data} split '{split}'"
+    source = _side(dataset.src)
+    reference = _side(dataset.tgt) if dataset.tgt is not None else None
+    # the sides are read from their files by chunks: fairseq's dataset (sizes arrays) is let go
+    task.datasets.pop(split, None)
+    del dataset
     if source_text is not None:
-        source_lines = [line.strip() for line in read_lines(source_text)]
-        if len(source_lines) != n:
-            raise UserError(f"{source_text}: {len(source_lines)} lines but {what} has {n} sentences: give "
+        lines = sum(1 for _ in _text_lines(source_text))
+        if lines != n:
+            raise UserError(f"{source_text}: {lines} lines but {what} has {n} sentences: give "
                             "the source text the data was binarized from")
-    else:
-        source_lines = [src_dict.string(dataset.src[i]) for i in range(n)]
+    as_string = SymbolLines(src_dict.symbols, unk=src_dict.unk_index, unk_word=src_dict.unk_word,
+                            skip=[src_dict.eos_index, src_dict.bos_index])
+    out_existed = os.path.isdir(out)
+    os.makedirs(out, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=out, prefix=".extract-")
+    try:
+        hashes = None
+        if check_sources and source_text is None:
+            hashes = _source_hashes(source, as_string, n)
+        os.makedirs(os.path.join(tmp, WORK))
+        hyps = Hypotheses(n, tgt_dict, os.path.join(tmp, WORK), hashes)
+        try:
+            checks = [hyps.read(i, f) for i, f in enumerate(files)]
+        finally:
+            hyps.close()
+        problems = [p for c in checks for p in c.problems()]
+        problems += _id_problems(hyps, files, n, what)
+        if hyps.differ_count:
+            i, path, text = hyps.differ_first
+            data_text = _source_strings(source, as_string, i, i + 1)[0]
+            problems.append(f"{hyps.differ_count} S- lines differ from {what} (id {i}: {path} has {text!r}, the "
+                            f"data {data_text!r}): generated from other data, or with --bpe/--tokenizer/"
+                            "--post-process (then pass --no-source-check)")
+        if problems:
+            raise UserError("cannot extract a corpus from " + ", ".join(files) + ":\n  " + "\n  ".join(problems))
+        empty_ids = np.flatnonzero(hyps.length == 1)
+        if len(empty_ids) and empty == "reference" and reference is None:
+            raise UserError(f"{what} has no target side to fall back on for its empty hypotheses: "
+                            "use --empty drop")
+        if hyps.unknown is not None:
+            unknown_ids = np.flatnonzero(hyps.unknown)
+            raise UserError(
+                f"hypotheses of {len(unknown_ids)} sentences (ids {_format_ids(unknown_ids)}) hold tokens that are "
+                f"not in the target dictionary {hyps.most_unknown()}: the H- lines are not in the model's "
+                "token space. Generate without --post-process/--remove-bpe/--replace-unk, and keep stderr out of "
+                "the output file")
+        if len(empty_ids) and empty == "error":
+            raise UserError(f"{len(empty_ids)} empty hypotheses (ids {_format_ids(empty_ids)}); choose --empty "
+                            "reference or --empty drop")
 
-    # every id exactly once over all files, each file consistent with itself and with the data
-    outputs = [parse_generation(f) for f in files]
-    problems = []
-    seen = Counter()
-    for g in outputs:
-        problems += [f"{g.path}: {b}" for b in g.bad_lines[:5]]
-        if g.translated is not None and g.translated != len(g.occurrences):
-            problems.append(f"{g.path}: says 'Translated {g.translated} sentences' but holds "
-                            f"{len(g.occurrences)}: the file is truncated or mixed; regenerate it")
-        no_hyp = sorted(sid for sid in g.occurrences if sid not in g.hypotheses)
-        if no_hyp:
-            problems.append(f"{g.path}: no H- line for ids {format_ids(no_hyp)} (generated with --quiet, or the "
-                            "file is cut)")
-        seen.update(g.occurrences)
-    problems += _id_problems(outputs, seen, n, what)
-    if check_sources and source_text is None:
-        problems += _source_problems(outputs, source_lines, what)
-    if problems:
-        raise UserError("cannot extract a corpus from " + ", ".join(files) + ":\n  " + "\n  ".join(problems))
-    hyps = {sid: text for g in outputs for sid, text in g.hypotheses.items()}
-
-    # the corpus, in the data's order
-    pairs, empty_ids, dropped, unknown, unknown_ids = [], [], [], Counter(), []
-    for i in range(n):
-        text = hyps[i]
-        if text:
-            ids, bad = _encode_hypothesis(text, tgt_dict)
-            if bad:
-                unknown.update(bad)
-                unknown_ids.append(i)
-                continue
-        else:
-            empty_ids.append(i)
-            if empty != "reference":
-                dropped += [i] if empty == "drop" else []
-                continue
-            if dataset.tgt is None:
-                raise UserError(f"{what} has no target side to fall back on for its empty hypotheses: "
-                                "use --empty drop")
-            ids = dataset.tgt[i].to(torch.int32)
-            text = tgt_dict.string(ids)
-        if source_text is not None:
-            src_ids = src_dict.encode_line(source_lines[i], add_if_not_exist=False, append_eos=True)
-        else:
-            src_ids = dataset.src[i]
-        pairs.append((src_ids, ids, source_lines[i], text))
-    if unknown_ids:
-        raise UserError(
-            f"hypotheses of {len(unknown_ids)} sentences (ids {format_ids(unknown_ids)}) hold tokens that are not "
-            f"in the target dictionary {dict(unknown.most_common(5))}: the H- lines are not in the model's "
-            "token space. Generate without --post-process/--remove-bpe/--replace-unk, and keep stderr out of "
-            "the output file")
-    if empty_ids and empty == "error":
-        raise UserError(f"{len(empty_ids)} empty hypotheses (ids {format_ids(empty_ids)}); choose --empty "
-                        "reference or --empty drop")
-
-    others = _other_split_files(folder, split, src, tgt) if copy_splits else []
-    report = {
-        "split": split, "source_lang": src, "target_lang": tgt, "sentences": n, "written": len(pairs),
-        "generation_files": files, "empty_hypotheses": len(empty_ids), "empty_policy": empty,
-        "empty_ids": empty_ids[:1000], "dropped_ids": dropped[:1000],
-        "source": source_text or os.path.join(folder, f"{split}.{src}-{tgt}.{src}"),
-        "target_tokens": int(sum(len(p[1]) - 1 for p in pairs)),
-        "copied_splits": sorted({name.split(".")[0] for name in others}),
-    }
-    _write_corpus(out, split, (src, src_dict), (tgt, tgt_dict), pairs, folder, others, report)
+        others = _other_split_files(folder, split, src, tgt) if copy_splits else []
+        sides = ((src, src_dict), (tgt, tgt_dict))
+        prefix = os.path.join(tmp, f"{split}.{src}-{tgt}.")
+        written, target_tokens = _write_pairs(prefix, sides, hyps, source, reference, empty,
+                                              source_text, as_string)
+        shutil.rmtree(os.path.join(tmp, WORK))
+        report = {
+            "split": split, "source_lang": src, "target_lang": tgt, "sentences": n, "written": written,
+            "generation_files": files, "empty_hypotheses": len(empty_ids), "empty_policy": empty,
+            "empty_ids": empty_ids[:1000].tolist(), "dropped_ids": empty_ids[:1000].tolist() if empty == "drop" else [],
+            "source": source_text or os.path.join(folder, f"{split}.{src}-{tgt}.{src}"),
+            "target_tokens": target_tokens,
+            "copied_splits": sorted({name.split(".")[0] for name in others}),
+        }
+        _finish(out, tmp, split, sides, folder, others, report)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not out_existed and not os.listdir(out):
+            os.rmdir(out)
+        raise
+    finally:
+        source.close()
+        if reference is not None:
+            reference.close()
     return report
 
 
-def _write_corpus(out: str, split: str, source: tuple, target: tuple, pairs: list, folder: str,
-                  others: list[str], report: dict) -> None:
-    """Binarize and write the corpus in a temporary folder inside ``out``, then move it into place.
+def _write_pairs(prefix: str, sides: tuple, hyps: Hypotheses, source, reference, empty: str,
+                 source_text: str | None, as_string: SymbolLines) -> tuple[int, int]:
+    """Pass 2: the pairs in id order, by chunks, as ``PREFIX{lang}.{bin,idx}`` and ``text/``; (pairs, target tokens).
+
+    The hypotheses' ids are gathered from the temporary file through a memory map whose pages are
+    released after each chunk, so the resident part stays one chunk's worth.
+    """
+    from fairseq.tokenizer import tokenize_line
+
+    (src, src_dict), (tgt, tgt_dict) = sides
+    folder = os.path.dirname(prefix)
+    os.makedirs(os.path.join(folder, "text"), exist_ok=True)
+    split = os.path.basename(prefix).split(".")[0]
+    writers = [IndexedWriter(prefix + src, builder_dtype(len(src_dict))),
+               IndexedWriter(prefix + tgt, builder_dtype(len(tgt_dict)))]
+    texts = [open(os.path.join(folder, "text", f"{split}.{lang}"), "wb", buffering=1 << 20) for lang in (src, tgt)]
+    as_symbols = SymbolLines(tgt_dict.symbols)
+    tgt_string = SymbolLines(tgt_dict.symbols, unk=tgt_dict.unk_index, unk_word=tgt_dict.unk_word,
+                             skip=[tgt_dict.eos_index, tgt_dict.bos_index])
+    irregular = np.frombuffer(hyps.irregular, np.int64).reshape(-1, 3) if len(hyps.irregular) else None
+    source_lines = _text_lines(source_text) if source_text is not None else None
+    get, unk, eos = src_dict.indices.get, src_dict.unk_index, src_dict.eos_index
+    n, written, target_tokens = hyps.n, 0, 0
+    size = os.path.getsize(hyps.ids_path)
+    with open(hyps.ids_path, "rb") as f, open(hyps.irregular_path, "rb") as irregular_file:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        try:
+            ids = np.frombuffer(mm, hyps.dtype) if mm is not None else np.zeros(0, hyps.dtype)
+            for start in range(0, n, CHUNK):
+                stop = min(n, start + CHUNK)
+                lengths = hyps.length[start:stop].astype(np.int64)
+                starts = np.cumsum(lengths) - lengths
+                target = ids[np.arange(int(lengths.sum())) + np.repeat(hyps.offset[start:stop] - starts, lengths)]
+                if mm is not None:
+                    mm.madvise(mmap.MADV_DONTNEED)  # let go of the pages this chunk touched
+                target_text = as_symbols.lines(target, lengths, drop_last=True)
+                if source_lines is not None:
+                    chunk = [next(source_lines) for _ in range(start, stop)]
+                    # src_dict.encode_line(line, add_if_not_exist=False) without a torch tensor per line
+                    encoded = [[get(w, unk) for w in tokenize_line(line)] + [eos] for line in chunk]
+                    src_sizes = np.array([len(x) for x in encoded], np.int64)
+                    src_tokens = np.fromiter(chain.from_iterable(encoded), np.int64, count=int(src_sizes.sum()))
+                    src_text = "".join(line + "\n" for line in chunk).encode("utf-8")
+                else:
+                    src_tokens, src_sizes = source.tokens(start, stop)
+                    src_sizes = src_sizes.astype(np.int64)
+                    src_text = as_string.lines(src_tokens, src_sizes)
+                empties = np.flatnonzero(lengths == 1)
+                special = irregular is not None and bool(np.any((irregular[:, 0] >= start)
+                                                                & (irregular[:, 0] < stop)))
+                if len(empties) or special:
+                    (src_tokens, src_sizes, src_text, target, lengths, target_text) = _mend_chunk(
+                        start, stop, empties, empty, (src_tokens, src_sizes, src_text),
+                        (target, lengths, target_text), reference, tgt_string, irregular, irregular_file)
+                writers[0].add(src_tokens, src_sizes)
+                writers[1].add(target, lengths)
+                texts[0].write(src_text)
+                texts[1].write(target_text)
+                written += len(lengths)
+                target_tokens += int(lengths.sum()) - len(lengths)
+        finally:
+            del ids
+            if mm is not None:
+                mm.close()
+    for w in writers:
+        w.finalize()
+    for t in texts:
+        t.close()
+    return written, target_tokens
+
+
+def _mend_chunk(start: int, stop: int, empties: np.ndarray, policy: str, source: tuple, target: tuple,
+                reference, as_string: SymbolLines, irregular: np.ndarray | None, irregular_file) -> tuple:
+    """A chunk with empty hypotheses (the reference stands in, or the pair is dropped) or irregular texts."""
+    src_tokens, src_sizes, src_text = source
+    tgt_tokens, lengths, tgt_text = target
+    src_parts = np.split(src_tokens, np.cumsum(src_sizes)[:-1])
+    tgt_parts = np.split(tgt_tokens, np.cumsum(lengths)[:-1])
+    src_lines, tgt_lines = src_text.split(b"\n")[:-1], tgt_text.split(b"\n")[:-1]
+    if irregular is not None:
+        for sid, offset, size in irregular[(irregular[:, 0] >= start) & (irregular[:, 0] < stop)].tolist():
+            irregular_file.seek(offset)
+            tgt_lines[sid - start] = irregular_file.read(size)
+    keep = np.ones(stop - start, bool)
+    if policy == "reference" and len(empties):
+        ref_tokens, ref_sizes = reference.tokens(start, stop)
+        ref_parts = np.split(ref_tokens, np.cumsum(ref_sizes)[:-1])
+        for k in empties.tolist():
+            tgt_parts[k] = ref_parts[k]
+            tgt_lines[k] = as_string.lines(ref_parts[k], [len(ref_parts[k])])[:-1]
+    else:
+        keep[empties] = False
+    kept = np.flatnonzero(keep).tolist()
+
+    def joined(parts):
+        return np.concatenate([parts[k] for k in kept]) if kept else np.zeros(0, np.int64)
+
+    return (joined(src_parts), np.array([len(src_parts[k]) for k in kept], np.int64),
+            b"".join(src_lines[k] + b"\n" for k in kept), joined(tgt_parts),
+            np.array([len(tgt_parts[k]) for k in kept], np.int64), b"".join(tgt_lines[k] + b"\n" for k in kept))
+
+
+def _finish(out: str, tmp: str, split: str, sides: tuple, folder: str, others: list[str], report: dict) -> None:
+    """Complete the corpus in the temporary folder inside ``out`` (dictionaries, other splits, report), move it in.
 
     Files are replaced one by one; the report goes last and an old report is removed first, so a
     report in ``out`` always describes the files next to it.
     """
-    from fairseq.data import indexed_dataset
-
-    (src, src_dict), (tgt, tgt_dict) = source, target
-    os.makedirs(out, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=out, prefix=".extract-")
-    try:
-        for k, (lang, d) in enumerate(((src, src_dict), (tgt, tgt_dict))):
-            prefix = os.path.join(tmp, f"{split}.{src}-{tgt}.{lang}")
-            builder = indexed_dataset.make_builder(prefix + ".bin", impl="mmap", vocab_size=len(d))
-            for pair in pairs:
-                builder.add_item(pair[k])
-            builder.finalize(prefix + ".idx")
-            os.makedirs(os.path.join(tmp, "text"), exist_ok=True)
-            with open(os.path.join(tmp, "text", f"{split}.{lang}"), "w", encoding="utf-8") as f:
-                f.writelines(pair[2 + k] + "\n" for pair in pairs)
-            shutil.copyfile(os.path.join(folder, f"dict.{lang}.txt"), os.path.join(tmp, f"dict.{lang}.txt"))
-        for name in others:
-            shutil.copyfile(os.path.join(folder, name), os.path.join(tmp, name))
-        report_name = f"{split}.extract.json"
-        with open(os.path.join(tmp, report_name), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-        if os.path.exists(os.path.join(out, report_name)):
-            os.remove(os.path.join(out, report_name))
-        os.makedirs(os.path.join(out, "text"), exist_ok=True)
-        names = [os.path.join("text", x) for x in sorted(os.listdir(os.path.join(tmp, "text")))]
-        names += sorted(x for x in os.listdir(tmp) if x not in ("text", report_name))
-        for name in names + [report_name]:
-            os.replace(os.path.join(tmp, name), os.path.join(out, name))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    for lang, _ in sides:
+        shutil.copyfile(os.path.join(folder, f"dict.{lang}.txt"), os.path.join(tmp, f"dict.{lang}.txt"))
+    for name in others:
+        shutil.copyfile(os.path.join(folder, name), os.path.join(tmp, name))
+    report_name = f"{split}.extract.json"
+    with open(os.path.join(tmp, report_name), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    if os.path.exists(os.path.join(out, report_name)):
+        os.remove(os.path.join(out, report_name))
+    os.makedirs(os.path.join(out, "text"), exist_ok=True)
+    names = [os.path.join("text", x) for x in sorted(os.listdir(os.path.join(tmp, "text")))]
+    names += sorted(x for x in os.listdir(tmp) if x not in ("text", report_name, WORK))
+    for name in names + [report_name]:
+        os.replace(os.path.join(tmp, name), os.path.join(out, name))
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -3,13 +3,16 @@
 import json
 import re
 import shutil
+import tempfile
 
+import numpy as np
 import pytest
 import torch
 from conftest import plugin_dir, run_cli
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.seqkd_corpus import extract_corpus, parse_generation
+from fairseq_seqkd.generate_output import first_hypotheses
+from fairseq_seqkd.seqkd_corpus import extract_corpus
 
 SPLIT, N = "test", 61  # 61 sentences: not a multiple of 8, fairseq's default would drop some
 
@@ -61,8 +64,8 @@ def _load(data_bin, split=SPLIT):
 
 
 def test_sharded_extraction_equals_unsharded(generated, toy_data_bin, tmp_path):
-    shards = [parse_generation(str(generated / "sharded" / f"shard{i}.txt")) for i in range(2)]
-    assert 0 < len(shards[0].hypotheses) < N and sum(len(s.hypotheses) for s in shards) == N
+    shards = [first_hypotheses(str(generated / "sharded" / f"shard{i}.txt")) for i in range(2)]
+    assert 0 < len(shards[0]) < N and sum(len(s) for s in shards) == N
     out_cli = tmp_path / "sharded"
     proc = run_cli("fairseq-seqkd", "extract", generated / "sharded", "--data", toy_data_bin,
                    "--split", SPLIT, "--num-shards", 2, "--out", out_cli)
@@ -76,7 +79,7 @@ def test_sharded_extraction_equals_unsharded(generated, toy_data_bin, tmp_path):
     d, src, tgt = _load(out_cli)
     _, orig_src, orig_tgt = _load(toy_data_bin)
     assert src == orig_src and len(tgt) == N and tgt != orig_tgt
-    first = parse_generation(str(generated / "whole" / "shard0.txt")).hypotheses
+    first = first_hypotheses(str(generated / "whole" / "shard0.txt"))
     assert [d.string(torch.tensor(t)) for t in tgt] == [first[i] for i in range(N)]
     # it loads as any fairseq data: dictionaries and the other splits are next to it
     assert (out_cli / "dict.en.txt").read_bytes() == (toy_data_bin / "dict.en.txt").read_bytes()
@@ -121,7 +124,7 @@ def _block(text, sid):
 def test_missing_and_duplicated_ids_are_named(generated, toy_data_bin, tmp_path):
     gen = _copy(generated, tmp_path)
     s0, s1 = gen / "shard0.txt", gen / "shard1.txt"
-    ids0 = sorted(parse_generation(str(s0)).hypotheses)
+    ids0 = sorted(first_hypotheses(str(s0)))
     lost, twice = ids0[3], ids0[5]
     s1.write_text(s1.read_text() + _block(s0.read_text(), twice))
     s0.write_text(_drop_block(s0.read_text(), lost))
@@ -154,7 +157,7 @@ def _empty_first_hypothesis(path, sid):
 
 def test_empty_hypotheses_counted_with_fallback(generated, toy_data_bin, tmp_path, capsys):
     gen = _copy(generated, tmp_path)
-    ids0 = sorted(parse_generation(str(gen / "shard0.txt")).hypotheses)
+    ids0 = sorted(first_hypotheses(str(gen / "shard0.txt")))
     _empty_first_hypothesis(gen / "shard0.txt", ids0[0])
     _empty_first_hypothesis(gen / "shard0.txt", ids0[1])
     empty = sorted(ids0[:2])
@@ -205,3 +208,107 @@ def test_output_not_in_token_space_or_not_of_this_data(generated, toy_data_bin, 
     # the wrong split: sentences missing, sources that differ
     with pytest.raises(UserError, match=r"(?s)3 of the 64 sentences.*ids 61, 62, 63.*61 S- lines differ"):
         extract_corpus([str(gen)], str(toy_data_bin), out, split="valid")
+
+
+def _expected_corpus(gen_files, data_bin, empty="reference", split=SPLIT):
+    """The corpus files extract must write, derived naively: fairseq's own builder, one sentence at a time,
+    fed with the hypotheses parsed line by line here and the data as fairseq loads it."""
+    from fairseq.data import Dictionary, data_utils, indexed_dataset
+
+    d = Dictionary.load(str(data_bin / "dict.de.txt"))
+    src = data_utils.load_indexed_dataset(str(data_bin / f"{split}.en-de.en"), d)
+    tgt = data_utils.load_indexed_dataset(str(data_bin / f"{split}.en-de.de"), d)
+    hyps = {}
+    for f in gen_files:
+        for line in f.read_text().splitlines():
+            tag, _, rest = line.partition("\t")
+            if tag.startswith("H-") and int(tag[2:]) not in hyps:
+                hyps[int(tag[2:])] = rest.split("\t", 1)[1].strip()
+    pairs = []
+    for i in range(len(src)):
+        if hyps[i]:
+            pairs.append((src[i], d.encode_line(hyps[i], add_if_not_exist=False), d.string(src[i]), hyps[i]))
+        elif empty == "reference":
+            pairs.append((src[i], tgt[i], d.string(src[i]), d.string(tgt[i])))
+    files = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, lang in enumerate(("en", "de")):
+            prefix = f"{tmp}/{lang}"
+            builder = indexed_dataset.make_builder(prefix + ".bin", impl="mmap", vocab_size=len(d))
+            for pair in pairs:
+                builder.add_item(pair[k])
+            builder.finalize(prefix + ".idx")
+            for ext in ("bin", "idx"):
+                files[f"{split}.en-de.{lang}.{ext}"] = open(f"{prefix}.{ext}", "rb").read()
+            files[f"text/{split}.{lang}"] = "".join(p[2 + k] + "\n" for p in pairs).encode()
+    return files
+
+
+@pytest.mark.parametrize("empty", ["reference", "drop"])
+def test_streamed_corpus_is_byte_identical_to_fairseqs_builder(generated, toy_data_bin, tmp_path, empty):
+    gen = _copy(generated, tmp_path)
+    ids0 = sorted(first_hypotheses(str(gen / "shard0.txt")))
+    for sid in ids0[:2]:
+        _empty_first_hypothesis(gen / "shard0.txt", sid)
+    out = tmp_path / "out"
+    report = extract_corpus([str(gen)], str(toy_data_bin), str(out), split=SPLIT, empty=empty)
+    expected = _expected_corpus([gen / "shard0.txt", gen / "shard1.txt"], toy_data_bin, empty)
+    for name, data in expected.items():
+        assert (out / name).read_bytes() == data, name
+    assert report["written"] == (N if empty == "reference" else N - 2)
+
+
+def test_a_cut_generation_output_is_refused(generated, toy_data_bin, tmp_path):
+    # the last H- line cut at a word boundary, no D-/P- line after it and no summary: it used to
+    # pass as "61 of 61" with one sentence holding half its words
+    gen = _copy(generated, tmp_path, "whole")
+    path = gen / "shard0.txt"
+    lines = path.read_text().splitlines()
+    sid = lines[max(k for k, line in enumerate(lines) if line.startswith("H-"))].split("\t")[0][2:]
+    last = min(k for k, line in enumerate(lines) if line.startswith(f"H-{sid}\t"))  # its 1-best (--nbest 2)
+    words = lines[last].split(" ")
+    path.write_text("\n".join(lines[:last] + [" ".join(words[:max(1, len(words) // 2)])]) + "\n")
+    with pytest.raises(UserError, match=rf"{path}: the hypothesis of ids {sid} has no P- line \(H-{sid} at "
+                                        rf"line {last + 1}\).*file is cut.*regenerate this shard"):
+        extract_corpus([str(gen)], str(toy_data_bin), str(tmp_path / "out"), split=SPLIT)
+    assert not (tmp_path / "out").exists()
+
+
+def test_indexed_writer_and_reader_match_fairseq(tmp_path):
+    from fairseq.data import Dictionary, indexed_dataset
+
+    from fairseq_seqkd.indexed_data import IndexedReader, IndexedWriter, SymbolLines, builder_dtype
+
+    rng = np.random.default_rng(0)
+    for vocab in (100, 70000):
+        sizes = rng.integers(0, 9, 50)
+        sizes[:3] = 0
+        tokens = rng.integers(0, vocab, int(sizes.sum()))
+        ref = indexed_dataset.make_builder(str(tmp_path / "ref.bin"), impl="mmap", vocab_size=vocab)
+        for part in np.split(tokens, np.cumsum(sizes)[:-1]):
+            ref.add_item(torch.from_numpy(part))
+        ref.finalize(str(tmp_path / "ref.idx"))
+        ours = IndexedWriter(str(tmp_path / "ours"), builder_dtype(vocab))
+        for cut in np.array_split(np.arange(len(sizes)), 4):  # written in chunks
+            ours.add(tokens[sizes[:cut[0]].sum():sizes[:cut[-1] + 1].sum()], sizes[cut])
+        ours.finalize()
+        for ext in ("bin", "idx"):
+            assert (tmp_path / f"ours.{ext}").read_bytes() == (tmp_path / f"ref.{ext}").read_bytes()
+        reader = IndexedReader(str(tmp_path / "ours"))
+        got, got_sizes = reader.tokens(10, 40)
+        assert got_sizes.tolist() == sizes[10:40].tolist()
+        assert got.tolist() == tokens[sizes[:10].sum():sizes[:40].sum()].tolist()
+        reader.close()
+    empty = IndexedWriter(str(tmp_path / "empty"), np.uint16)
+    empty.finalize()
+    ref = indexed_dataset.make_builder(str(tmp_path / "ref.bin"), impl="mmap", vocab_size=100)
+    ref.finalize(str(tmp_path / "ref.idx"))
+    assert (tmp_path / "empty.idx").read_bytes() == (tmp_path / "ref.idx").read_bytes()
+    # token ids to text as Dictionary.string writes them (EOS and BOS left out, unknown ids as <unk>)
+    d = Dictionary()
+    for w in ("a", "b", "\u2581c"):
+        d.add_symbol(w)
+    sentences = [[4, 5, 2], [2], [], [0, 6, 3, 4, 2], [3]]
+    text = SymbolLines(d.symbols, unk=d.unk_index, unk_word=d.unk_word, skip=[d.eos_index, d.bos_index]).lines(
+        np.concatenate([np.array(s, np.int64) for s in sentences]), [len(s) for s in sentences])
+    assert text.decode() == "".join(d.string(torch.tensor(s, dtype=torch.long)) + "\n" for s in sentences)
