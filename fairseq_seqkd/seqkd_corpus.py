@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import gc
 import json
-import mmap
 import os
 import re
 import shutil
@@ -62,7 +61,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 
 import numpy as np
 
@@ -529,8 +528,8 @@ def _write_pairs(prefix: str, sides: tuple, hyps: Hypotheses, source, reference,
                  source_text: str | None, as_string: SymbolLines) -> tuple[int, int]:
     """Pass 2: the pairs in id order, by chunks, as ``PREFIX{lang}.{bin,idx}`` and ``text/``; (pairs, target tokens).
 
-    The hypotheses' ids are gathered from the temporary file through a memory map whose pages are
-    released after each chunk, so the resident part stays one chunk's worth.
+    The hypotheses' ids are read from the temporary file one sentence at a time (``pread``), so
+    only one chunk's worth is resident.
     """
     from fairseq.tokenizer import tokenize_line
 
@@ -548,47 +547,41 @@ def _write_pairs(prefix: str, sides: tuple, hyps: Hypotheses, source, reference,
     source_lines = _text_lines(source_text) if source_text is not None else None
     get, unk, eos = src_dict.indices.get, src_dict.unk_index, src_dict.eos_index
     n, written, target_tokens = hyps.n, 0, 0
-    size = os.path.getsize(hyps.ids_path)
+    item = hyps.dtype.itemsize
     with open(hyps.ids_path, "rb") as f, open(hyps.irregular_path, "rb") as irregular_file:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        try:
-            ids = np.frombuffer(mm, hyps.dtype) if mm is not None else np.zeros(0, hyps.dtype)
-            for start in range(0, n, CHUNK):
-                stop = min(n, start + CHUNK)
-                lengths = hyps.length[start:stop].astype(np.int64)
-                starts = np.cumsum(lengths) - lengths
-                target = ids[np.arange(int(lengths.sum())) + np.repeat(hyps.offset[start:stop] - starts, lengths)]
-                if mm is not None:
-                    mm.madvise(mmap.MADV_DONTNEED)  # let go of the pages this chunk touched
-                target_text = as_symbols.lines(target, lengths, drop_last=True)
-                if source_lines is not None:
-                    chunk = [next(source_lines) for _ in range(start, stop)]
-                    # src_dict.encode_line(line, add_if_not_exist=False) without a torch tensor per line
-                    encoded = [[get(w, unk) for w in tokenize_line(line)] + [eos] for line in chunk]
-                    src_sizes = np.array([len(x) for x in encoded], np.int64)
-                    src_tokens = np.fromiter(chain.from_iterable(encoded), np.int64, count=int(src_sizes.sum()))
-                    src_text = "".join(line + "\n" for line in chunk).encode("utf-8")
-                else:
-                    src_tokens, src_sizes = source.tokens(start, stop)
-                    src_sizes = src_sizes.astype(np.int64)
-                    src_text = as_string.lines(src_tokens, src_sizes)
-                empties = np.flatnonzero(lengths == 1)
-                special = irregular is not None and bool(np.any((irregular[:, 0] >= start)
-                                                                & (irregular[:, 0] < stop)))
-                if len(empties) or special:
-                    (src_tokens, src_sizes, src_text, target, lengths, target_text) = _mend_chunk(
-                        start, stop, empties, empty, (src_tokens, src_sizes, src_text),
-                        (target, lengths, target_text), reference, tgt_string, irregular, irregular_file)
-                writers[0].add(src_tokens, src_sizes)
-                writers[1].add(target, lengths)
-                texts[0].write(src_text)
-                texts[1].write(target_text)
-                written += len(lengths)
-                target_tokens += int(lengths.sum()) - len(lengths)
-        finally:
-            del ids
-            if mm is not None:
-                mm.close()
+        for start in range(0, n, CHUNK):
+            stop = min(n, start + CHUNK)
+            lengths = hyps.length[start:stop].astype(np.int64)
+            # one pread per sentence, looped in C by map: a memory map would keep about the whole
+            # temporary file resident (the kernel maps 64 KB around each random access)
+            data = b"".join(map(os.pread, repeat(f.fileno(), stop - start), (lengths * item).tolist(),
+                                (hyps.offset[start:stop] * item).tolist()))
+            target = np.frombuffer(data, hyps.dtype)
+            target_text = as_symbols.lines(target, lengths, drop_last=True)
+            if source_lines is not None:
+                chunk = [next(source_lines) for _ in range(start, stop)]
+                # src_dict.encode_line(line, add_if_not_exist=False) without a torch tensor per line
+                encoded = [[get(w, unk) for w in tokenize_line(line)] + [eos] for line in chunk]
+                src_sizes = np.array([len(x) for x in encoded], np.int64)
+                src_tokens = np.fromiter(chain.from_iterable(encoded), np.int64, count=int(src_sizes.sum()))
+                src_text = "".join(line + "\n" for line in chunk).encode("utf-8")
+            else:
+                src_tokens, src_sizes = source.tokens(start, stop)
+                src_sizes = src_sizes.astype(np.int64)
+                src_text = as_string.lines(src_tokens, src_sizes)
+            empties = np.flatnonzero(lengths == 1)
+            special = irregular is not None and bool(np.any((irregular[:, 0] >= start)
+                                                            & (irregular[:, 0] < stop)))
+            if len(empties) or special:
+                (src_tokens, src_sizes, src_text, target, lengths, target_text) = _mend_chunk(
+                    start, stop, empties, empty, (src_tokens, src_sizes, src_text),
+                    (target, lengths, target_text), reference, tgt_string, irregular, irregular_file)
+            writers[0].add(src_tokens, src_sizes)
+            writers[1].add(target, lengths)
+            texts[0].write(src_text)
+            texts[1].write(target_text)
+            written += len(lengths)
+            target_tokens += int(lengths.sum()) - len(lengths)
     for w in writers:
         w.finalize()
     for t in texts:
