@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fairseq-seqkd-installed
 DEMO_DIR ?= runs/toy
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean gpu-check
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ lint: install
 
 bench: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b --quick | tail -1; done
+
+# every CUDA path on tiny models, PASS/FAIL each (scripts/gpu_smoke.sh); "no GPU: nothing to check" without one
+gpu-check: install
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/gpu_smoke.sh $(or $(GPU_CHECK_DIR),runs/gpu_smoke)
 
 clean:
 	rm -rf runs build *.egg-info
