@@ -452,6 +452,7 @@ def extract_corpus(generated: list[str], data: str, out: str, split: str = "trai
     # the sides are read from their files by chunks: fairseq's dataset (sizes arrays) is let go
     task.datasets.pop(split, None)
     del dataset
+    gc.collect()  # a cycle may hold it, and pass 1 runs with the collector off
     if source_text is not None:
         lines = sum(1 for _ in _text_lines(source_text))
         if lines != n:
