@@ -6,7 +6,7 @@ batch of ``fairseq-generate`` costs at the real model sizes and fits a memory mo
 ``--max-tokens`` for a 16 GB GPU is derived (docs/scale.md).
 
 What runs: fairseq's ``SequenceGenerator`` (what fairseq-generate builds for ``--beam N``) on
-ONE batch of ``bsz`` random source sentences of ``src`` tokens (EOS included), with a
+one batch of ``bsz`` random source sentences of ``src`` tokens (EOS included), with a
 randomly initialised ``transformer_wmt_en_de`` (6+6 layers, d=512, 8 heads, FFN 2048, shared
 embeddings; ``--arch transformer_vaswani_wmt_en_de_big`` for the big one) over a dummy
 Dictionary of 32,000 symbols: no training, no download. ``min_len`` is set to the output bound
