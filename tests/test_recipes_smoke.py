@@ -381,6 +381,7 @@ def test_generation_batches_are_bounded():
             config.update(jobs.load_yaml(ROOT / "recipes" / "config" / f"{layer}.yaml") or {})
         gen = [str(a) for a in config["generate_args"]]
         options = dict(zip(gen[::2], gen[1::2]))
-        assert "--batch-size" not in options and int(options["--max-tokens"]) <= 4096, (recipe, gen)
+        # both bounds: --max-tokens alone lets thousands of short sentences into one batch
+        assert int(options["--max-tokens"]) <= 4096 and int(options["--batch-size"]) <= 128, (recipe, gen)
         assert float(options["--max-len-a"]) <= 1.5 and int(options["--max-len-b"]) <= 20, (recipe, gen)
         assert config["generate_fp16_args"] == ["--fp16"], recipe
