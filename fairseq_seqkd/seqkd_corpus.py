@@ -37,7 +37,8 @@ What it checks, refusing with the list of what is wrong rather than dropping any
   into the file), matches the number of sentences in that file.
 
 It streams, so WMT-sized corpora (millions of sentences) fit in a fixed amount of memory: pass 1
-reads each file line by line (:mod:`fairseq_seqkd.generate_output`), encodes each first ``H-``
+reads each file in pieces of whole blocks (:mod:`fairseq_seqkd.generate_output`; fairseq's usual
+``--nbest 1`` blocks in bulk, any other line by line), encodes each first ``H-``
 line to token ids and appends them to a temporary file in file order, keeping per sentence id only
 a few numbers in arrays (about 28 bytes); pass 2 writes the pairs in id order a chunk of
 sentences at a time, reading the source from the split's own files and the hypotheses from the
@@ -67,7 +68,7 @@ import numpy as np
 
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.evaluation import format_ids
-from fairseq_seqkd.generate_output import UNTAGGED, iter_blocks, translated_count
+from fairseq_seqkd.generate_output import UNTAGGED, chunk_blocks, read_chunks, regular_blocks, translated_count
 from fairseq_seqkd.indexed_data import IndexedReader, IndexedWriter, SymbolLines, builder_dtype
 
 EMPTY_POLICIES = ("reference", "drop", "error")
@@ -183,6 +184,23 @@ class Hypotheses:
         self.irregular_path = os.path.join(tmp, "hypotheses.txt")
         self._irregular = open(self.irregular_path, "wb")
         self.irregular = array("q")  # (id, offset, length) triples
+        self._codes = None
+        keys = [k.encode("utf-8") for k in tgt_dict.indices]
+        # the bulk path splits at single spaces: every symbol must be one token to str.split() too
+        if keys and all(len(w.split()) == 1 and w.split()[0] == w for w in tgt_dict.indices):
+            self._keys = np.array(keys, dtype=object)
+            self._codes = np.fromiter(tgt_dict.indices.values(), np.int64, len(keys))
+            self._key_hash = np.fromiter(map(hash, keys), np.int64, len(keys))
+            self._position = {k: i for i, k in enumerate(keys)}
+            # two tables of the symbols by bits of their hash, looked up for whole pieces at once (a
+            # symbol whose slot is taken goes to the second; the few left over are found in the dict)
+            self._mask = (1 << max(16, (8 * len(keys)).bit_length())) - 1
+            self._slots = np.full((2, self._mask + 1), -1, np.int32)
+            positions = np.arange(len(keys), dtype=np.int32)
+            for table, bits in zip(self._slots, self._key_bits(self._key_hash)):
+                free = table[bits[positions]] < 0
+                table[bits[positions[free]][::-1]] = positions[free][::-1]  # the first of equals wins
+                positions = positions[table[bits[positions]] != positions]
 
     def read(self, index: int, path: str) -> FileCheck:
         """Read generation file number ``index``; return its faults."""
@@ -196,95 +214,163 @@ class Hypotheses:
 
     def _read(self, index: int, path: str) -> FileCheck:
         check = FileCheck(path)
-        n, blocks, last_file, hyp_file = self.n, self._blocks, self._last_file, self._hyp_file
-        offset, length, hashes, buffer = self._offset, self._length, self._hashes, self._buffer
-        lookup, eos = self.dict.indices.__getitem__, self.dict.eos_index
-        for sid, lines in iter_blocks(path):
-            if sid == UNTAGGED:
-                t = translated_count(lines[0][2])
-                if t is not None:
-                    check.translated = t[0]
+        for number, chunk in read_chunks(path):
+            if self._codes is not None and self._regular(index, regular_blocks(chunk), check):
                 continue
-            known = sid < n
-            previous = last_file[sid] if known else self.extra_last.get(sid, -1)
-            seen = blocks[sid] if known else self.extra_blocks[sid]
-            if seen:
-                if seen == 1:
-                    self.repeats[0].append(sid)
-                    self.repeats[1].append(previous)
-                self.repeats[0].append(sid)
-                self.repeats[1].append(index)
-            if known:
-                blocks[sid] = seen + 1
-                last_file[sid] = index
-                has_hypothesis = hyp_file[sid] == index
-            else:
-                self.extra_blocks[sid] += 1
-                self.extra_last[sid] = index
-                has_hypothesis = self.extra_hyp.get(sid) == index
-            first_block = previous != index
-            check.distinct += first_block
-            source, pending = None, None
-            for number, tag, rest in lines:
-                if tag == "S":
-                    source = rest
-                elif tag == "H" and not has_hypothesis:
-                    score, _, text = rest.partition("\t")  # an empty hypothesis: "H-7<tab>-1.2<tab>"
-                    try:
-                        float(score)
-                    except ValueError:
-                        if len(check.bad_lines) < 5:
-                            raw = f"H-{sid}\t{rest}"
-                            check.bad_lines.append(f"line {number}: malformed H- line {raw[:80]!r}")
-                        continue
-                    has_hypothesis = True
-                    tokens = text.split()
-                    pending = (len(tokens), number)
-                    if not known:
-                        self.extra_hyp[sid] = index
-                        continue
-                    hyp_file[sid] = index
-                    mark = len(buffer)
-                    try:
-                        buffer.extend(map(lookup, tokens))
-                    except KeyError:
-                        del buffer[mark:]
-                        buffer.extend(self._unknown(sid, tokens))
-                    buffer.append(eos)
-                    offset[sid], length[sid] = self._written, len(tokens) + 1
-                    self._written += len(tokens) + 1
-                    text = text.strip()
-                    # only ASCII spaces, single, between tokens: then the tokens joined are the text
-                    if not (text.isprintable() and "  " not in text) and " ".join(tokens) != text:
-                        data = text.encode("utf-8")
-                        self.irregular.extend((sid, self._irregular.tell(), len(data)))
-                        self._irregular.write(data)
-                    if len(buffer) > self._FLUSH:
-                        self._flush()
-                elif tag == "P" and pending is not None:
-                    # one score per token plus EOS: counted as str.split() would, without splitting
-                    if rest and rest.isprintable() and "  " not in rest and rest[0] != " " and rest[-1] != " ":
-                        scores = rest.count(" ") + 1
-                    else:
-                        scores = len(rest.split())
-                    if scores != pending[0] + 1 and len(check.bad_lines) < 5:
-                        check.bad_lines.append(
-                            f"line {number}: H-{sid} has {pending[0]} tokens but its P- line {scores} scores "
-                            "(one per token plus EOS)")
-                    pending = None
-            if pending is not None:  # the file ends (or breaks off) inside this hypothesis
-                check.truncated_count += 1
-                if len(check.truncated) < 10:
-                    check.truncated.append((sid, pending[1]))
-            if first_block and source is not None and hashes is not None and known and hash(source) != hashes[sid]:
-                self.differ_count += 1
-                if self.differ_first is None:
-                    self.differ_first = (sid, path, source)
+            for sid, lines in chunk_blocks(number, chunk):
+                if sid == UNTAGGED:
+                    t = translated_count(lines[0][2])
+                    if t is not None:
+                        check.translated = t[0]
+                    continue
+                self._block(index, path, check, sid, lines)
         ids = np.flatnonzero((self.last_file == index) & (self.hyp_file != index))
         extra = sorted(i for i, f in self.extra_last.items() if f == index and self.extra_hyp.get(i) != index)
         check.no_hypothesis = np.concatenate((ids, np.array(extra, np.int64))) if extra else ids
         return check
 
+    def _key_bits(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The slots of ``hashes`` in the two symbol tables."""
+        return hashes & self._mask, (hashes >> 40) & self._mask
+
+    def _regular(self, index: int, parsed: tuple | None, check: FileCheck) -> bool:
+        """A piece of fairseq's usual blocks (``regular_blocks``) read in bulk; False, having done nothing, otherwise.
+
+        Only a piece that the general path would read without a fault comes through here (new ids
+        within the data, every token a symbol, token counts matching, sources matching): for it
+        the general path gives the same, so any other piece is left to it, faults and all.
+        """
+        if parsed is None:
+            return False
+        sids, sources, scores, texts, probs = parsed
+        m = len(sids)
+        ids = np.fromiter(map(int, sids), np.int64, m)
+        if not m or int(ids.max()) >= self.n or self.blocks[ids].any() or len(np.unique(ids)) != m:
+            return False
+        try:
+            for _ in map(float, scores):
+                pass
+        except ValueError:
+            return False
+        joined = b" ".join(filter(None, texts))
+        tokens = joined.split(b" ") if joined else []
+        hashes = np.fromiter(map(hash, tokens), np.int64, len(tokens))
+        low, high = self._key_bits(hashes)
+        found = self._slots[0][low].astype(np.int64)
+        miss = np.flatnonzero((found < 0) | (self._key_hash[found] != hashes))
+        found[miss] = self._slots[1][high[miss]]
+        for k in miss[(found[miss] < 0) | (self._key_hash[found[miss]] != hashes[miss])].tolist():
+            found[k] = self._position.get(tokens[k], -1)
+            if found[k] < 0:
+                return False
+        # the symbols found, joined again, must be the text itself: then each token is exactly its symbol
+        if b" ".join(self._keys[found].tolist()) != joined:
+            return False
+        lengths = np.fromiter(map(bytes.count, texts, repeat(b" ")), np.int64, m)
+        lengths += np.fromiter(map(len, texts), np.int64, m) > 0
+        sizes = lengths + 1
+        if not np.array_equal(np.array(probs, np.int64), sizes):
+            return False
+        if self._hashes is not None and not np.array_equal(
+                np.fromiter(map(hash, sources), np.int64, m), np.frombuffer(self._hashes, np.int64)[ids]):
+            return False
+        self.blocks[ids] = 1
+        self.last_file[ids] = index
+        self.hyp_file[ids] = index
+        check.distinct += m
+        ends = np.cumsum(sizes)
+        self.offset[ids] = self._written + ends - sizes
+        self.length[ids] = sizes
+        encoded = np.full(int(ends[-1]), self.dict.eos_index, self.dtype)
+        keep = np.ones(len(encoded), bool)
+        keep[ends - 1] = False
+        encoded[keep] = self._codes[found]
+        self._flush()
+        self._ids.write(encoded.tobytes())
+        self._written += len(encoded)
+        return True
+
+    def _block(self, index: int, path: str, check: FileCheck, sid: int, lines: list) -> None:
+        """One sentence block read line by line: any block, the general case."""
+        n, blocks, last_file, hyp_file = self.n, self._blocks, self._last_file, self._hyp_file
+        offset, length, hashes, buffer = self._offset, self._length, self._hashes, self._buffer
+        lookup, eos = self.dict.indices.__getitem__, self.dict.eos_index
+        known = sid < n
+        previous = last_file[sid] if known else self.extra_last.get(sid, -1)
+        seen = blocks[sid] if known else self.extra_blocks[sid]
+        if seen:
+            if seen == 1:
+                self.repeats[0].append(sid)
+                self.repeats[1].append(previous)
+            self.repeats[0].append(sid)
+            self.repeats[1].append(index)
+        if known:
+            blocks[sid] = seen + 1
+            last_file[sid] = index
+            has_hypothesis = hyp_file[sid] == index
+        else:
+            self.extra_blocks[sid] += 1
+            self.extra_last[sid] = index
+            has_hypothesis = self.extra_hyp.get(sid) == index
+        first_block = previous != index
+        check.distinct += first_block
+        source, pending = None, None
+        for number, tag, rest in lines:
+            if tag == "S":
+                source = rest
+            elif tag == "H" and not has_hypothesis:
+                score, _, text = rest.partition("\t")  # an empty hypothesis: "H-7<tab>-1.2<tab>"
+                try:
+                    float(score)
+                except ValueError:
+                    if len(check.bad_lines) < 5:
+                        raw = f"H-{sid}\t{rest}"
+                        check.bad_lines.append(f"line {number}: malformed H- line {raw[:80]!r}")
+                    continue
+                has_hypothesis = True
+                tokens = text.split()
+                pending = (len(tokens), number)
+                if not known:
+                    self.extra_hyp[sid] = index
+                    continue
+                hyp_file[sid] = index
+                mark = len(buffer)
+                try:
+                    buffer.extend(map(lookup, tokens))
+                except KeyError:
+                    del buffer[mark:]
+                    buffer.extend(self._unknown(sid, tokens))
+                buffer.append(eos)
+                offset[sid], length[sid] = self._written, len(tokens) + 1
+                self._written += len(tokens) + 1
+                text = text.strip()
+                # only ASCII spaces, single, between tokens: then the tokens joined are the text
+                if not (text.isprintable() and "  " not in text) and " ".join(tokens) != text:
+                    data = text.encode("utf-8")
+                    self.irregular.extend((sid, self._irregular.tell(), len(data)))
+                    self._irregular.write(data)
+                if len(buffer) > self._FLUSH:
+                    self._flush()
+            elif tag == "P" and pending is not None:
+                # one score per token plus EOS: counted as str.split() would, without splitting
+                if rest and rest.isprintable() and "  " not in rest and rest[0] != " " and rest[-1] != " ":
+                    scores = rest.count(" ") + 1
+                else:
+                    scores = len(rest.split())
+                if scores != pending[0] + 1 and len(check.bad_lines) < 5:
+                    check.bad_lines.append(
+                        f"line {number}: H-{sid} has {pending[0]} tokens but its P- line {scores} scores "
+                        "(one per token plus EOS)")
+                pending = None
+        if pending is not None:  # the file ends (or breaks off) inside this hypothesis
+            check.truncated_count += 1
+            if len(check.truncated) < 10:
+                check.truncated.append((sid, pending[1]))
+        if (first_block and source is not None and hashes is not None and known
+                and hash(source.encode("utf-8")) != hashes[sid]):
+            self.differ_count += 1
+            if self.differ_first is None:
+                self.differ_first = (sid, path, source)
     def _unknown(self, sid: int, tokens: list[str]) -> list[int]:
         """The ids of a hypothesis with tokens not in the dictionary (unk for those), which are noted."""
         d = self.dict
@@ -394,10 +480,11 @@ def _source_strings(reader, decoder: SymbolLines, start: int, stop: int) -> list
 
 
 def _source_hashes(reader, decoder: SymbolLines, n: int) -> array:
-    """``hash()`` of every source sentence as text, to compare S- lines read in any order with the data."""
+    """``hash()`` of every source sentence as UTF-8 text, to compare S- lines read in any order with the data."""
     hashes = array("q")
     for start in range(0, n, CHUNK):
-        hashes.extend(map(hash, _source_strings(reader, decoder, start, min(n, start + CHUNK))))
+        tokens, sizes = reader.tokens(start, min(n, start + CHUNK))
+        hashes.extend(map(hash, decoder.lines(tokens, sizes).split(b"\n")[:-1]))
     return hashes
 
 

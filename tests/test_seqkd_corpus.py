@@ -312,3 +312,33 @@ def test_indexed_writer_and_reader_match_fairseq(tmp_path):
     text = SymbolLines(d.symbols, unk=d.unk_index, unk_word=d.unk_word, skip=[d.eos_index, d.bos_index]).lines(
         np.concatenate([np.array(s, np.int64) for s in sentences]), [len(s) for s in sentences])
     assert text.decode() == "".join(d.string(torch.tensor(s, dtype=torch.long)) + "\n" for s in sentences)
+
+
+def test_bulk_parse_equals_line_by_line(tmp_path, monkeypatch):
+    """fairseq's usual --nbest 1 blocks are parsed in bulk; the same files with CRLF newlines, read
+    line by line, and with small pieces (blocks cut across reads) give the same corpus byte for byte."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+    import synth
+
+    from fairseq_seqkd import generate_output
+
+    made = synth.synthesize(str(tmp_path / "s"), 3000, vocab=500, num_shards=3, seed=2, empty_hypotheses=5)
+    crlf = tmp_path / "crlf"
+    crlf.mkdir()
+    for f in made["files"]:
+        data = open(f, "rb").read()
+        (crlf / f.split("/")[-1]).write_bytes(data.replace(b"\n", b"\r\n"))
+        assert generate_output.regular_blocks(data[:data.rfind(b"\nS-") + 1]) is not None
+    outs = {}
+    outs["bulk"] = extract_corpus([made["generated"]], made["data"], str(tmp_path / "bulk"))
+    outs["lines"] = extract_corpus([str(crlf)], made["data"], str(tmp_path / "lines"))
+    monkeypatch.setattr(generate_output, "CHUNK_BYTES", 5000)
+    outs["small"] = extract_corpus([made["generated"]], made["data"], str(tmp_path / "small"))
+    for name in ("train.en-de.en.bin", "train.en-de.en.idx", "train.en-de.de.bin", "train.en-de.de.idx",
+                 "text/train.en", "text/train.de"):
+        ref = (tmp_path / "bulk" / name).read_bytes()
+        assert ref == (tmp_path / "lines" / name).read_bytes() == (tmp_path / "small" / name).read_bytes(), name
+    assert outs["bulk"]["empty_hypotheses"] == outs["lines"]["empty_hypotheses"] == 5
