@@ -3,7 +3,7 @@
 :func:`check_against_dataset` holds a cache to the data it is used with (dictionary, sentence
 count, every target length, a hash of the target tokens of each shard, and a scan of the values
 that would crash or poison training); :class:`TeacherCacheDataset` adds ``teacher_topk_ids`` /
-``teacher_topk_probs`` to samples; :func:`attach_teacher_cache` does both for the task.
+``teacher_topk_probs`` to batches (read once per batch); :func:`attach_teacher_cache` does both for the task.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from fairseq.data import BaseWrapperDataset, BucketPadLengthDataset, ConcatDatas
 
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.fairseq_glue import TEACHER_IDS_KEY, TEACHER_PROBS_KEY
-from fairseq_seqkd.teacher_cache import TeacherCache, _rebuild_hint, _scan, dictionary_hash, header_path
+from fairseq_seqkd.teacher_cache import (
+    TeacherCache,
+    _rebuild_hint,
+    _scan,
+    concat_ranges,
+    dictionary_hash,
+    header_path,
+    row_view,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +130,8 @@ class TeacherCacheDataset(BaseWrapperDataset):
         self.pad = pad
         self.left_pad_target = bool(getattr(dataset, "left_pad_target", False))
 
-    def __getitem__(self, index):
-        item = self.dataset[index]
-        ids, probs = self.cache[index]
-        item[TEACHER_IDS_KEY] = torch.from_numpy(ids.astype(np.int64))
-        item[TEACHER_PROBS_KEY] = torch.from_numpy(np.array(probs, dtype=np.float16))
-        return item
+    # No __getitem__: the cache is read once per batch in the collater (one vectorized gather
+    # over the batch's sentence ids), not once per sentence.
 
     def collater(self, samples):
         batch = self.dataset.collater(samples)
@@ -135,25 +139,26 @@ class TeacherCacheDataset(BaseWrapperDataset):
             return batch
         target = batch["target"]
         bsz, width = target.shape
-        by_id = {int(s["id"]): s for s in samples}
-        rows = [by_id[sid] for sid in batch["id"].tolist()]  # the collater's (sorted) row order
-        cached = torch.tensor([s[TEACHER_IDS_KEY].size(0) for s in rows])
-        lengths = target.ne(self.pad).sum(dim=1)
-        if not torch.equal(cached, lengths):
-            row = int((cached != lengths).nonzero()[0, 0])
+        k = self.cache.k
+        cached, ids, probs = self.cache.take(batch["id"].numpy())  # rows in the collater's (sorted) order
+        lengths = target.ne(self.pad).sum(dim=1).numpy()
+        if not np.array_equal(cached, lengths):
+            row = int(np.flatnonzero(cached != lengths)[0])
             raise UserError(f"{self.cache.header_file}: sentence {int(batch['id'][row])} has "
                             f"{int(cached[row])} cached positions but {int(lengths[row])} target tokens in "
                             "the batch; rebuild the cache")
-        # left padding puts the tokens at the end of each row, right padding at its start;
-        # a boolean mask fills row by row, in the order of the concatenation
-        cols = torch.arange(width)
-        mask = cols >= width - lengths[:, None] if self.left_pad_target else cols < lengths[:, None]
-        ids = torch.zeros(bsz, width, self.cache.k, dtype=torch.long)
-        probs = torch.zeros(bsz, width, self.cache.k, dtype=torch.float16)
-        ids[mask] = torch.cat([s[TEACHER_IDS_KEY] for s in rows])
-        probs[mask] = torch.cat([s[TEACHER_PROBS_KEY] for s in rows])
-        batch[TEACHER_IDS_KEY] = ids
-        batch[TEACHER_PROBS_KEY] = probs
+        # left padding puts the tokens at the end of each row, right padding at its start
+        first = np.arange(bsz, dtype=np.int64) * width
+        if self.left_pad_target:
+            first += width - lengths
+        at = concat_ranges(first, lengths)
+        dense_ids = np.zeros((bsz * width, k), dtype=ids.dtype)
+        dense_probs = np.zeros((bsz * width, k), dtype=np.float16)
+        row_view(dense_ids)[at] = row_view(ids)
+        row_view(dense_probs)[at] = row_view(probs)
+        # the criterion gathers with the ids: int64, converted once per batch
+        batch[TEACHER_IDS_KEY] = torch.from_numpy(dense_ids.astype(np.int64)).view(bsz, width, k)
+        batch[TEACHER_PROBS_KEY] = torch.from_numpy(dense_probs).view(bsz, width, k)
         return batch
 
     def num_tokens_vec(self, indices):

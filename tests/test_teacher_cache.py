@@ -142,6 +142,45 @@ def test_dataset_wrapper_aligns_with_target_under_padding_shuffle_and_workers(va
     assert len(pickle.dumps(dataset.cache)) < 16_000
 
 
+def test_take_gathers_a_batch_across_shards_as_sentence_reads_do(valid_cache):
+    cache = TeacherCache(str(valid_cache), "valid")
+    # any order, across the 3 shards, a sentence twice, and nothing at all
+    for indices in ([50, 3, 21, 63, 0, 3, 42, 20], [22], []):
+        lengths, ids, probs = cache.take(np.array(indices))
+        one_by_one = [cache[i] for i in indices]
+        assert lengths.tolist() == [len(i) for i, _ in one_by_one]
+        assert ids.shape == probs.shape == (sum(lengths), 8) and probs.dtype == np.float16
+        if indices:
+            assert np.array_equal(ids, np.concatenate([i for i, _ in one_by_one]))
+            assert np.array_equal(probs, np.concatenate([p for _, p in one_by_one]))
+    with pytest.raises(IndexError, match="sentence 64 outside the 64"):
+        cache.take(np.array([1, 64]))
+
+
+def test_dataset_wrapper_pads_on_the_right_and_refuses_a_length_mismatch(valid_cache, toy_data_bin):
+    _, task = kd_task(toy_data_bin, "--teacher-cache", valid_cache)
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    cache, pad, rows = dataset.cache, task.target_dictionary.pad(), 0
+    for sample in batches(task, "valid", max_tokens=300, shuffle=True):
+        target, ids, probs = sample["target"], sample[TEACHER_IDS_KEY], sample[TEACHER_PROBS_KEY]
+        assert ids.dtype == torch.long and probs.dtype == torch.float16
+        for row, sid in enumerate(sample["id"].tolist()):
+            n = int(target[row].ne(pad).sum())
+            assert target[row, :n].ne(pad).all(), "right padding: tokens start the row"
+            want_ids, want_probs = cache[sid]
+            assert torch.equal(ids[row, :n], torch.from_numpy(want_ids.astype(np.int64)))
+            assert torch.equal(probs[row, :n], torch.from_numpy(np.array(want_probs)))
+            assert ids[row, n:].abs().sum() == 0 and probs[row, n:].float().abs().sum() == 0
+            rows += 1
+    assert rows == 64
+    samples = [dataset[i] for i in (5, 6, 7)]
+    samples[1]["target"] = samples[1]["target"][1:]  # one token fewer than the cache holds
+    with pytest.raises(UserError, match=r"valid.header.json: sentence 6 has \d+ cached positions but \d+ "
+                                        r"target tokens in the batch; rebuild the cache"):
+        dataset.collater(samples)
+
+
 def test_sharded_build_resumes_after_a_crash_left_a_partial_shard(toy_data_bin, toy_teacher, tmp_path,
                                                                   valid_cache):
     out = tmp_path / "cache"
