@@ -40,7 +40,7 @@ It streams, so WMT-sized corpora (millions of sentences) fit in a fixed amount o
 reads each file in pieces of whole blocks (:mod:`fairseq_seqkd.generate_output`; fairseq's usual
 ``--nbest 1`` blocks in bulk, any other line by line), encodes each first ``H-``
 line to token ids and appends them to a temporary file in file order, keeping per sentence id only
-a few numbers in arrays (about 28 bytes); pass 2 writes the pairs in id order a chunk of
+a few numbers in arrays (about 25 bytes); pass 2 writes the pairs in id order a chunk of
 sentences at a time, reading the source from the split's own files and the hypotheses from the
 temporary file (:mod:`fairseq_seqkd.indexed_data`). The output is byte for byte what fairseq's
 indexed-dataset builder writes for the same pairs.
@@ -153,7 +153,7 @@ class Hypotheses:
     The ids go to a temporary file in the order they are read; what grows with the corpus is
     a few arrays indexed by sentence id (blocks seen, the file of the last block and of the
     hypothesis, offset and length in the temporary file, and the hash of the source sentence):
-    about 28 bytes a sentence. They are ``array.array`` objects (fast to index one at a time, as
+    about 25 bytes a sentence. They are ``array.array`` objects (fast to index one at a time, as
     this loop does) seen through numpy views for the checks that read them whole. Ids beyond the
     data's ``n`` sentences (output of other data) are kept in dicts: they are an error.
     """
@@ -162,11 +162,13 @@ class Hypotheses:
 
     def __init__(self, n: int, tgt_dict, tmp: str, source_hashes: array | None = None):
         self.n, self.dict = n, tgt_dict
-        self._blocks, self._last_file, self._hyp_file = array("i", bytes(4 * n)), array("h", b"\xff\xff" * n), \
-            array("h", b"\xff\xff" * n)
-        self._offset, self._length = array("q", bytes(8 * n)), array("i", bytes(4 * n))
+        # blocks seen saturates at 2: only none, one and more are told apart. Arrays made by
+        # repetition, without a temporary of their size (freed temporaries leave the heap fragmented)
+        self._blocks, self._last_file, self._hyp_file = array("B", [0]) * n, array("h", [-1]) * n, \
+            array("h", [-1]) * n
+        self._offset, self._length = array("q", [0]) * n, array("i", [0]) * n
         self.blocks, self.last_file, self.hyp_file = (np.frombuffer(a, t) if n else np.zeros(0, t) for a, t in (
-            (self._blocks, np.int32), (self._last_file, np.int16), (self._hyp_file, np.int16)))
+            (self._blocks, np.uint8), (self._last_file, np.int16), (self._hyp_file, np.int16)))
         self.offset = np.frombuffer(self._offset, np.int64) if n else np.zeros(0, np.int64)
         self.length = np.frombuffer(self._length, np.int32) if n else np.zeros(0, np.int32)  # 1: empty
         self.extra_blocks, self.extra_last, self.extra_hyp = Counter(), {}, {}
@@ -305,7 +307,7 @@ class Hypotheses:
             self.repeats[0].append(sid)
             self.repeats[1].append(index)
         if known:
-            blocks[sid] = seen + 1
+            blocks[sid] = 2 if seen else 1
             last_file[sid] = index
             has_hypothesis = hyp_file[sid] == index
         else:
@@ -415,6 +417,9 @@ class _DatasetSide:
     def __init__(self, dataset):
         self.dataset = dataset
 
+    def __len__(self) -> int:
+        return len(self.dataset)
+
     def tokens(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         items = [self.dataset[i].numpy() for i in range(start, stop)]
         sizes = np.array([len(x) for x in items], np.int32)
@@ -433,18 +438,66 @@ def _side(dataset):
     return _DatasetSide(dataset)
 
 
+def _mmap_sides(folder: str, split: str, src: str, tgt: str) -> tuple | None:
+    """(source reader, reference reader or None) of ``split`` where fairseq would load both as mmap datasets.
+
+    The files fairseq-generate's ``load_langpair_dataset`` picks (no combine, the task's default
+    options: no wrapping dataset), read from their headers without building fairseq's dataset,
+    whose sizes arrays grow with the corpus. None where anything differs (another format, no
+    such split, sides of different lengths): fairseq then loads it, with its own errors.
+    """
+    from fairseq.data.indexed_dataset import IndexedDataset, infer_dataset_impl
+
+    for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):
+        prefix = os.path.join(folder, f"{split}.{pair}.")
+        if IndexedDataset.exists(prefix + src):
+            break
+    else:
+        return None
+    if infer_dataset_impl(prefix + src) != "mmap":
+        return None
+    has_target = infer_dataset_impl(prefix + tgt) is not None or IndexedDataset.exists(prefix + tgt)
+    if has_target and infer_dataset_impl(prefix + tgt) != "mmap":
+        return None
+    readers = []
+    try:
+        for lang in (src, tgt) if has_target else (src,):
+            readers.append(IndexedReader(prefix + lang))
+    except ValueError:  # a version this reader does not know: fairseq's own loader decides
+        for r in readers:
+            r.close()
+        return None
+    if has_target and len(readers[0]) != len(readers[1]):
+        for r in readers:
+            r.close()
+        return None
+    return readers[0], (readers[1] if has_target else None)
+
+
 def _language_pair_data(data: str, split: str, source_lang: str | None, target_lang: str | None):
-    """(task, dataset of ``split``, data folder) loaded as fairseq-generate loads it (no combine)."""
+    """(task, source reader, reference reader or None, data folder) of ``split`` as fairseq-generate sees it.
+
+    The task gives the languages and dictionaries; the sides are read from their files by chunks.
+    """
     from fairseq import utils
 
     from fairseq_seqkd.fairseq_glue import setup_translation_task
 
     task = setup_translation_task(data, source_lang, target_lang)
-    try:
-        task.load_dataset(split)
-    except FileNotFoundError as e:
-        raise UserError(f"{data}: no binarized split '{split}' ({e})") from e
-    return task, task.dataset(split), utils.split_paths(data)[0]
+    folder = utils.split_paths(data)[0]
+    sides = _mmap_sides(folder, split, task.cfg.source_lang, task.cfg.target_lang)
+    if sides is None:
+        try:
+            task.load_dataset(split)
+        except FileNotFoundError as e:
+            raise UserError(f"{data}: no binarized split '{split}' ({e})") from e
+        dataset = task.dataset(split)
+        sides = _side(dataset.src), (_side(dataset.tgt) if dataset.tgt is not None else None)
+        # fairseq's dataset (sizes arrays) is let go; a side not in the mmap format keeps its own part
+        task.datasets.pop(split, None)
+        del dataset
+        gc.collect()  # a cycle may hold it, and pass 1 runs with the collector off
+    return (task, *sides, folder)
 
 
 def _other_split_files(folder: str, split: str, src: str, tgt: str) -> list[str]:
@@ -526,20 +579,17 @@ def extract_corpus(generated: list[str], data: str, out: str, split: str = "trai
     files = shard_files(generated, num_shards)
     if len(files) > 32000:
         raise UserError(f"{len(files)} generation files: merge some of them first (at most 32000)")
-    task, dataset, folder = _language_pair_data(data, split, source_lang, target_lang)
+    task, source, reference, folder = _language_pair_data(data, split, source_lang, target_lang)
     src, tgt = task.cfg.source_lang, task.cfg.target_lang
     if os.path.realpath(out) == os.path.realpath(folder):
+        for side in (source, reference):
+            if side is not None:
+                side.close()
         raise UserError(f"--out {out} is the data folder itself: its {split} split would be overwritten; "
                         "write the distilled corpus to a new folder")
     src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
-    n = len(dataset)
+    n = len(source)
     what = f"{data} split '{split}'"
-    source = _side(dataset.src)
-    reference = _side(dataset.tgt) if dataset.tgt is not None else None
-    # the sides are read from their files by chunks: fairseq's dataset (sizes arrays) is let go
-    task.datasets.pop(split, None)
-    del dataset
-    gc.collect()  # a cycle may hold it, and pass 1 runs with the collector off
     if source_text is not None:
         lines = sum(1 for _ in _text_lines(source_text))
         if lines != n:
