@@ -421,6 +421,8 @@ class _DatasetSide:
         return len(self.dataset)
 
     def tokens(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        if getattr(self.dataset, "supports_prefetch", False):  # fairseq's cached format reads nothing unasked
+            self.dataset.prefetch(range(start, stop))
         items = [self.dataset[i].numpy() for i in range(start, stop)]
         sizes = np.array([len(x) for x in items], np.int32)
         return (np.concatenate(items) if items else np.zeros(0, np.int64)), sizes
@@ -555,10 +557,16 @@ def _id_problems(hyps: Hypotheses, files: list[str], n: int, what: str) -> list[
                         f"id {sid} in {', '.join(files[f] for f in where)}).{hint}")
     missing = np.flatnonzero(hyps.blocks == 0)
     if len(missing):
+        if len(missing) >= n // 3:  # a share, not a few: the batches of other "ranks"
+            cause = ("fairseq-generate with --task translation translated only its share of the batches: "
+                     "--distributed-world-size defaults to the number of GPUs. Generate with "
+                     "--distributed-world-size 1 (or --task translation_kd, which translates everything "
+                     "outside torch.distributed), and with --required-batch-size-multiple 1")
+        else:
+            cause = ("fairseq drops sentences unless generated with --required-batch-size-multiple 1 (and "
+                     "skips over-long ones with --skip-invalid-size-inputs-valid-test)")
         problems.append(f"{len(missing)} of the {n} sentences of {what} are in no generation file (ids "
-                        f"{_format_ids(missing)}): fairseq drops sentences unless generated with "
-                        "--required-batch-size-multiple 1 (and skips over-long ones with "
-                        "--skip-invalid-size-inputs-valid-test); regenerate the shard(s) holding them")
+                        f"{_format_ids(missing)}): {cause}; regenerate the shard(s) holding them")
     extra = sorted(hyps.extra_blocks)
     if extra:
         problems.append(f"ids {format_ids(extra)} are beyond the {n} sentences of {what}: the output was "

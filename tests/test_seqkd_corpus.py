@@ -1,6 +1,7 @@
 """Seq-KD corpus extraction: sharded generation + extract == unsharded; faults are named, never dropped."""
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -134,6 +135,10 @@ def test_missing_and_duplicated_ids_are_named(generated, toy_data_bin, tmp_path)
     assert f"1 of the {N} sentences" in msg and f"(ids {lost})" in msg
     assert "--required-batch-size-multiple 1" in msg
     assert f"1 sentence ids appear more than once (ids {twice}; id {twice} in {s0}, {s1})" in msg
+    # half of the split missing: what a machine with 2 GPUs does to a stock fairseq-generate
+    with pytest.raises(UserError, match="--distributed-world-size 1"):
+        extract_corpus([str(generated / "sharded" / "shard0.txt")], str(toy_data_bin), str(tmp_path / "half"),
+                       split=SPLIT)
 
 
 def test_unsharded_output_given_as_every_shard(generated, toy_data_bin, tmp_path):
@@ -342,3 +347,26 @@ def test_bulk_parse_equals_line_by_line(tmp_path, monkeypatch):
         ref = (tmp_path / "bulk" / name).read_bytes()
         assert ref == (tmp_path / "lines" / name).read_bytes() == (tmp_path / "small" / name).read_bytes(), name
     assert outs["bulk"]["empty_hypotheses"] == outs["lines"]["empty_hypotheses"] == 5
+
+
+def test_data_in_another_fairseq_format_gives_the_same_corpus(generated, toy_data_bin, tmp_path):
+    # the split in fairseq's "cached" format is read through fairseq's own dataset, not the mmap files
+    from fairseq.data import Dictionary, data_utils, indexed_dataset
+
+    data = tmp_path / "cached"
+    shutil.copytree(toy_data_bin, data)
+    for lang in ("en", "de"):
+        prefix = data / f"{SPLIT}.en-de.{lang}"
+        mmap = data_utils.load_indexed_dataset(str(prefix), Dictionary.load(str(data / f"dict.{lang}.txt")))
+        items = [mmap[i] for i in range(len(mmap))]
+        for ext in (".bin", ".idx"):
+            os.remove(f"{prefix}{ext}")
+        builder = indexed_dataset.make_builder(f"{prefix}.bin", impl="cached")
+        for item in items:
+            builder.add_item(item)
+        builder.finalize(f"{prefix}.idx")
+    gen = _copy(generated, tmp_path)
+    extract_corpus([str(gen)], str(data), str(tmp_path / "from_cached"), split=SPLIT)
+    extract_corpus([str(gen)], str(toy_data_bin), str(tmp_path / "from_mmap"), split=SPLIT)
+    for name in (f"{SPLIT}.en-de.en.bin", f"{SPLIT}.en-de.de.bin", f"text/{SPLIT}.en", f"text/{SPLIT}.de"):
+        assert (tmp_path / "from_cached" / name).read_bytes() == (tmp_path / "from_mmap" / name).read_bytes(), name
