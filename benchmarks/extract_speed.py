@@ -58,11 +58,14 @@ def measure_extract(generated: str, data: str, out: str, num_shards: int = 8) ->
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[200_000, 1_000_000])
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="corpus sizes, two or more for the growth per million (default 200,000 and 1,000,000)")
+    p.add_argument("--quick", action="store_true", help="sizes 50,000 and 200,000 (well under a minute)")
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--work", default=None, help="working folder (default: a temporary one, removed)")
     args = p.parse_args()
+    args.sizes = args.sizes or ([50_000, 200_000] if args.quick else [200_000, 1_000_000])
     work = args.work or tempfile.mkdtemp(prefix="extract_speed.")
     runs = []
     try:
