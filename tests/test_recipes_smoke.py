@@ -305,8 +305,8 @@ def test_killed_training_resumes(wmt_copy):
 
 
 def test_killed_generation_shard_resumes_from_its_last_piece(wmt_copy, tmp_path):
-    # every translation shard runs in 2 pieces (smoke.yaml's generate_chunks): shard 0 of the
-    # Seq-KD corpus is pieces 0 and 1 of 4; piece 1 fails the first time
+    # every translation shard in 2 pieces (generate_chunks): shard 0 of the Seq-KD corpus is
+    # pieces 0 and 1 of 4; piece 1 fails the first time
     bad = tmp_path / "bin"
     bad.mkdir()
     real = shutil.which("fairseq-generate", path=str(BIN))
@@ -317,14 +317,14 @@ def test_killed_generation_shard_resumes_from_its_last_piece(wmt_copy, tmp_path)
         "  prev=$a\ndone\n"
         f"exec {real} \"$@\"\n")
     (bad / "fairseq-generate").chmod(0o755)
-    target, beam = "data-bin-seqkd/train.extract.json", "seqkd_beam=4"
-    failed = run_recipe("wmt14_en_de.sh", wmt_copy, target, "-j", "1", "--config", *SHARDS, beam, check=False,
+    target, beam = "data-bin-seqkd/train.extract.json", ["seqkd_beam=4", "generate_chunks=2"]
+    failed = run_recipe("wmt14_en_de.sh", wmt_copy, target, "-j", "1", "--config", *SHARDS, *beam, check=False,
                         path_first=bad)
     assert failed.returncode != 0 and "injected failure" in failed.stderr, failed.stderr[-3000:]
     pieces = wmt_copy / "seqkd-gen" / "shard0000.txt.chunks"
     assert (pieces / "chunk0000.txt").exists() and not (pieces / "chunk0001.txt").exists()
     assert not (wmt_copy / "seqkd-gen" / "shard0000.txt").exists()
-    resumed = run_recipe("wmt14_en_de.sh", wmt_copy, target, "-j", "1", "--config", *SHARDS, beam)
+    resumed = run_recipe("wmt14_en_de.sh", wmt_copy, target, "-j", "1", "--config", *SHARDS, *beam)
     log = (wmt_copy / "logs" / "generate_shard.seqkd.0000.log").read_text()
     assert "chunk 1 of 2 finished before: not run again" in log.split("starting afresh")[-1], log[-2000:]
     assert ran(resumed).count("generate_shard.seqkd.0000") == 1, resumed.stderr[-3000:]  # piece 1 alone
@@ -357,17 +357,21 @@ def test_generation_translates_everything_on_a_machine_with_two_gpus(smoke_runs,
     assert {("generate_shard", "fairseq-generate"), ("evaluate", "fairseq-generate"),
             ("evaluate", "fairseq-validate"), ("prune_point", "fairseq-generate"),
             ("check_export", "fairseq-generate")} <= kinds, kinds
-    for (rule, name, _), line in commands.items():
+    def rerun(kind_line):
+        (rule, _, _), line = kind_line
         cmd = shlex.split(line)
-        if rule == "generate_shard":  # one piece of one shard: ask for the whole set instead
+        if rule == "generate_shard":  # one shard: ask for the whole set instead
             i = cmd.index("--num-shards")
             del cmd[i:i + 4]
-        proc = subprocess.run(cmd, cwd=run, env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, (line, proc.stderr[-2000:])
-        if name == "fairseq-generate":
-            ids = {int(m) for m in re.findall(r"^H-(\d+)\t", proc.stdout, re.M)}
-            expected = 600 if "--gen-subset train" in line else 30
-            assert ids == set(range(expected)), (line, len(ids))
+        return line, subprocess.run(cmd, cwd=run, env=env, capture_output=True, text=True)
+
+    with ThreadPoolExecutor(2) as pool:
+        for line, proc in pool.map(rerun, commands.items()):
+            assert proc.returncode == 0, (line, proc.stderr[-2000:])
+            if line.startswith("fairseq-generate"):
+                ids = {int(m) for m in re.findall(r"^H-(\d+)\t", proc.stdout, re.M)}
+                expected = 600 if "--gen-subset train" in line else 30
+                assert ids == set(range(expected)), (line, len(ids))
 
 
 def test_generation_batches_are_bounded():
