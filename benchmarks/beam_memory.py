@@ -67,6 +67,8 @@ import subprocess
 import sys
 import time
 
+from memstats import reset_peak, status_kib
+
 VOCAB = 32000
 GIB = 1024**3
 # The configurations: (beam, bsz, src, max_len_a, max_len_b). The a/b pairs other than
@@ -106,23 +108,6 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- the child
-
-
-def _status_bytes(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def build_model(arch: str, vocab: int = VOCAB):
@@ -171,8 +156,8 @@ def child(cfg: dict) -> dict:
     _generate(model, d, 2, 1, 5, 0.0, 4)  # warm-up: kernels and lazy buffers, not measured
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc_trim(0)
-    method = "VmHWM-after-clear_refs" if _reset_peak() else "ru_maxrss"
-    base = _status_bytes("VmRSS")
+    method = "VmHWM-after-clear_refs" if reset_peak() else "ru_maxrss"
+    base = status_kib("VmRSS") * 1024
     t0 = time.perf_counter()
     max_len = _generate(model, d, cfg["beam"], cfg["bsz"], cfg["src"], cfg["a"], cfg["b"])
     seconds = time.perf_counter() - t0
@@ -181,7 +166,7 @@ def child(cfg: dict) -> dict:
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     else:
-        peak = _status_bytes("VmHWM")
+        peak = status_kib("VmHWM") * 1024
     params = sum(p.numel() for p in model.parameters())
     return {**cfg, "max_len": max_len, "hyps": cfg["beam"] * cfg["bsz"], "peak_bytes": peak - base,
             "baseline_rss_bytes": base, "params": params, "layers": args.decoder_layers,

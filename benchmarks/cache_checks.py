@@ -29,6 +29,7 @@ import time
 import types
 
 import numpy as np
+from memstats import drop_page_cache
 
 WMT_TOKENS = 135_000_000
 VOCAB = 32_000
@@ -37,16 +38,6 @@ K = 8
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def drop_page_cache(path: str) -> None:
-    """Ask the kernel to evict a file from the page cache."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def timed(fn) -> float:
@@ -120,10 +111,10 @@ def main() -> int:
         crc_warm = min(timed(cache.verify_checksums) for _ in range(2))
         scan_warm = min(timed(cache.check_values) for _ in range(2))
         cache.close()
-        drop_page_cache(cache.shards[0]["path"])
+        drop_page_cache([cache.shards[0]["path"]])
         crc_cold = timed(cache.verify_checksums)
         cache.close()
-        drop_page_cache(cache.shards[0]["path"])
+        drop_page_cache([cache.shards[0]["path"]])
         scan_cold = timed(cache.check_values)
         cache.close()
 

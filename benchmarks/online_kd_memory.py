@@ -44,27 +44,12 @@ import subprocess
 import sys
 import time
 
+from memstats import reset_peak, status_kib
+
 TARGET = 2.0  # at most 2 x tokens x vocabulary x 4 bytes above label-smoothed CE
 EPSILON = 0.1
 ALPHA = 0.5
 PAD = 1
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _child(kind: str, tokens: int, vocab: int, temperature: float) -> dict:
@@ -83,8 +68,8 @@ def _child(kind: str, tokens: int, vocab: int, temperature: float) -> dict:
         teacher = torch.randn(tokens, vocab, generator=g).mul_(2.0).softmax(dim=-1)
     target = torch.randint(2, vocab, (tokens,), generator=g)
     target[-tokens // 16:] = PAD  # some padding, as in a real batch
-    exact = _reset_peak()
-    base = _status_kib("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    exact = reset_peak()
+    base = status_kib("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     if kind == "ls":
         loss, _ = label_smoothed_nll_loss(lprobs, target, EPSILON, ignore_index=PAD, reduce=True)
@@ -92,7 +77,7 @@ def _child(kind: str, tokens: int, vocab: int, temperature: float) -> dict:
         loss, _, _ = word_kd_loss(lprobs, None, teacher, target, PAD, ALPHA, temperature, EPSILON)
     loss.backward()
     seconds = time.perf_counter() - t0
-    peak = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_bytes": (peak - base) * 1024, "seconds": seconds, "loss": float(loss),
             "method": "VmHWM after clear_refs" if exact else "ru_maxrss (includes setup)"}
 

@@ -59,6 +59,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from memstats import drop_page_cache  # noqa: E402
+
 FULL = 4_500_000
 QUICK = 200_000
 VOCAB = 32000
@@ -302,17 +304,6 @@ def child_cache_write(data: str, out: str, limit: int) -> dict:
     write_s = time.perf_counter() - t0
     return {"cache_sentences": n, "cache_tokens": header["num_tokens"], "cache_bytes": header["bytes"],
             "cache_write_seconds": round(write_s, 1), "cache_setup_seconds": round(setup_s, 1)}
-
-
-def drop_page_cache(paths: list[str]) -> None:
-    """Ask the kernel to evict these (unmapped) files from the page cache."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def child_cache_read(data: str, out: str, warm_batches: int, cold_batches: int) -> dict:
