@@ -15,9 +15,11 @@ import os
 import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset, BucketPadLengthDataset, ConcatDataset, Dictionary
+from fairseq.data.indexed_dataset import MMapIndexedDataset
 
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.fairseq_glue import TEACHER_IDS_KEY, TEACHER_PROBS_KEY
+from fairseq_seqkd.indexed_data import IndexedReader
 from fairseq_seqkd.teacher_cache import (
     TeacherCache,
     _rebuild_hint,
@@ -30,7 +32,7 @@ from fairseq_seqkd.teacher_cache import (
 
 logger = logging.getLogger(__name__)
 
-_HASH_BLOCK_TOKENS = 1 << 22  # 16 MiB of int32 per hashlib update
+_HASH_BLOCK_SENTENCES = 1 << 17  # about 4M tokens (16 MiB as int32) per hashlib update
 
 
 def _target_side(dataset):
@@ -60,16 +62,15 @@ def _token_blocks(tgt, first: int, end: int):
                 yield from _token_blocks(part, max(first, start) - start, min(end, stop) - start)
             start = stop
         return
-    index, buffer = getattr(tgt, "_index", None), getattr(tgt, "_bin_buffer", None)
-    if first < end and buffer is not None and hasattr(index, "_pointers"):
-        # fairseq's mmap format writes a split's sentences back to back: hash the .bin bytes in place
-        sizes, pointers, dtype = index.sizes, index._pointers, np.dtype(index.dtype)
-        at, count = int(pointers[first]), int(sizes[first:end].sum())
-        if int(pointers[end - 1]) + int(sizes[end - 1]) * dtype.itemsize == at + count * dtype.itemsize:
-            for lo in range(0, count, _HASH_BLOCK_TOKENS):
-                n = min(_HASH_BLOCK_TOKENS, count - lo)
-                yield np.frombuffer(buffer, dtype=dtype, count=n, offset=at + lo * dtype.itemsize)
-            return
+    if first < end and type(tgt) is MMapIndexedDataset and getattr(tgt, "_path", None):
+        # fairseq's mmap format: read the files by ranges of sentences (the .bin bytes, back to back)
+        reader = IndexedReader(tgt._path)
+        try:
+            for lo in range(first, end, _HASH_BLOCK_SENTENCES):
+                yield reader.tokens(lo, min(end, lo + _HASH_BLOCK_SENTENCES))[0]
+        finally:
+            reader.close()
+        return
     for i in range(first, end):  # other formats: one sentence at a time (slow, but any dataset)
         yield tgt[i].numpy()
 
