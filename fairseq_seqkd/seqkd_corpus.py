@@ -60,16 +60,18 @@ import shutil
 import tempfile
 from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 
 import numpy as np
 
+from fairseq_seqkd import kbest as kb
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.evaluation import format_ids
 from fairseq_seqkd.generate_output import UNTAGGED, chunk_blocks, read_chunks, regular_blocks, translated_count
 from fairseq_seqkd.indexed_data import IndexedReader, IndexedWriter, SymbolLines, builder_dtype
+from fairseq_seqkd.sentence_bleu import SentenceBLEU
 
 EMPTY_POLICIES = ("reference", "drop", "error")
 SHARD_NAME = "shard{}.txt"
@@ -386,6 +388,34 @@ class Hypotheses:
             self._unknown_order[t] = min(self._unknown_order.get(t, (sid, k)), (sid, k))
         return ids
 
+    def store(self, ids: np.ndarray, tokens: np.ndarray, sizes: np.ndarray, index: int) -> None:
+        """Hypotheses given as token ids (EOS included, back to back) for sentences ``ids`` of file ``index``.
+
+        They are appended to the temporary file; an id stored again points to its new hypothesis.
+        """
+        if not len(ids):
+            return
+        self._flush()
+        self._ids.write(np.asarray(tokens).astype(self.dtype).tobytes())
+        ends = np.cumsum(sizes)
+        self.offset[ids] = self._written + ends - sizes
+        self.length[ids] = sizes
+        self.hyp_file[ids] = index
+        self._written += int(ends[-1])
+
+    def see(self, ids: np.ndarray, index: int) -> None:
+        """Distinct sentence ids met in file ``index``: one met before in another file is a repeated id."""
+        before = self.blocks[ids] > 0
+        other = before & (self.last_file[ids] != index)
+        for sid in ids[other].tolist():  # a fault: rare
+            if self.blocks[sid] == 1:
+                self.repeats[0].append(sid)
+                self.repeats[1].append(self.last_file[sid])
+            self.repeats[0].append(sid)
+            self.repeats[1].append(index)
+        self.blocks[ids] = np.where(other, 2, np.maximum(self.blocks[ids], 1))
+        self.last_file[ids] = index
+
     def _flush(self) -> None:
         self._ids.write(array(_TYPECODES[self.dtype], self._buffer))
         self._buffer.clear()
@@ -543,20 +573,27 @@ def _source_hashes(reader, decoder: SymbolLines, n: int) -> array:
     return hashes
 
 
-def _id_problems(hyps: Hypotheses, files: list[str], n: int, what: str) -> list[str]:
-    """Missing, repeated and out-of-range sentence ids, each named."""
+def _id_problems(hyps: Hypotheses, files: list[str], n: int, what: str, foreign: bool = False) -> list[str]:
+    """Missing, repeated and out-of-range sentence ids, each named (``foreign``: of K-best lists, not fairseq's)."""
     problems = []
     duplicated, where = hyps.repeated()
     if len(duplicated):
         sid = duplicated[0]
         hint = ""
-        if len(duplicated) == n and len(files) > 1:
+        if foreign:
+            hint = (" The files are shards: all the candidates of a sentence must be in one file; a file given "
+                    "twice, or overlapping shards, repeat ids.")
+        elif len(duplicated) == n and len(files) > 1:
             hint = (" Every sentence is in several files: fairseq-generate ignores --num-shards/--shard-id "
                     "with --task translation; generate with --task translation_kd (which honours them).")
         problems.append(f"{len(duplicated)} sentence ids appear more than once (ids {_format_ids(duplicated)}; "
                         f"id {sid} in {', '.join(files[f] for f in where)}).{hint}")
     missing = np.flatnonzero(hyps.blocks == 0)
-    if len(missing):
+    if len(missing) and foreign:
+        problems.append(f"{len(missing)} of the {n} sentences of {what} have no candidate in {', '.join(files)} "
+                        f"(ids {_format_ids(missing)}): every sentence of the split needs at least one; translate "
+                        "the missing ones (a shard that died, sentences the toolkit skipped) and add their lines")
+    elif len(missing):
         if len(missing) >= n // 3:  # a share, not a few: the batches of other "ranks"
             cause = ("fairseq-generate with --task translation translated only its share of the batches: "
                      "--distributed-world-size defaults to the number of GPUs. Generate with "
@@ -574,6 +611,28 @@ def _id_problems(hyps: Hypotheses, files: list[str], n: int, what: str) -> list[
     return problems
 
 
+@dataclass
+class _Split:
+    """The split being distilled, as pass 1 sees it."""
+
+    source: object  # chunked reader of the source side
+    reference: object | None  # of the target side, where the data has one
+    tgt_dict: object
+    n: int
+    what: str  # "DATA split 'SPLIT'", for messages
+    as_string: SymbolLines  # source ids to text as Dictionary.string writes them
+    work: str  # folder for pass 1's temporary files
+
+
+@dataclass
+class _Read:
+    """What pass 1 found: the hypotheses, the report's own fields and how to name empty hypotheses."""
+
+    hyps: Hypotheses
+    report: dict
+    empty_error: Callable[[np.ndarray], str]
+
+
 def extract_corpus(generated: list[str], data: str, out: str, split: str = "train",
                    source_lang: str | None = None, target_lang: str | None = None,
                    num_shards: int | None = None, source_text: str | None = None, empty: str = "reference",
@@ -587,6 +646,191 @@ def extract_corpus(generated: list[str], data: str, out: str, split: str = "trai
     files = shard_files(generated, num_shards)
     if len(files) > 32000:
         raise UserError(f"{len(files)} generation files: merge some of them first (at most 32000)")
+
+    def read(s: _Split) -> _Read:
+        hashes = _source_hashes(s.source, s.as_string, s.n) if check_sources and source_text is None else None
+        hyps = Hypotheses(s.n, s.tgt_dict, s.work, hashes)
+        try:
+            checks = [hyps.read(i, f) for i, f in enumerate(files)]
+        finally:
+            hyps.close()
+        problems = [p for c in checks for p in c.problems()]
+        problems += _id_problems(hyps, files, s.n, s.what)
+        if hyps.differ_count:
+            i, path, text = hyps.differ_first
+            data_text = _source_strings(s.source, s.as_string, i, i + 1)[0]
+            problems.append(f"{hyps.differ_count} S- lines differ from {s.what} (id {i}: {path} has {text!r}, the "
+                            f"data {data_text!r}): generated from other data, or with --bpe/--tokenizer/"
+                            "--post-process (then pass --no-source-check)")
+        if problems:
+            raise UserError("cannot extract a corpus from " + ", ".join(files) + ":\n  " + "\n  ".join(problems))
+        if hyps.unknown is not None:
+            unknown_ids = np.flatnonzero(hyps.unknown)
+            raise UserError(
+                f"hypotheses of {len(unknown_ids)} sentences (ids {_format_ids(unknown_ids)}) hold tokens that are "
+                f"not in the target dictionary {hyps.most_unknown()}: the H- lines are not in the model's "
+                "token space. Generate without --post-process/--remove-bpe/--replace-unk, and keep stderr out of "
+                "the output file")
+        return _Read(hyps, {"generation_files": files},
+                     lambda ids: f"{len(ids)} empty hypotheses (ids {_format_ids(ids)}); choose --empty "
+                                 "reference or --empty drop")
+
+    return _extract(read, data, out, split, source_lang, target_lang, source_text, empty, copy_splits)
+
+
+MAX_UNK_RATE = 0.05  # a larger share of unknown tokens means the wrong tokenization, not rare words
+
+
+def extract_translations(translations: list[str], data: str, out: str, split: str = "train",
+                         kbest: bool = False, seq_inter: bool = False, spm_model: str | None = None,
+                         pieces: bool = False, bleu: SentenceBLEU | None = None,
+                         source_lang: str | None = None, target_lang: str | None = None,
+                         source_text: str | None = None, empty: str | None = None, copy_splits: bool = True,
+                         max_unk_rate: float = MAX_UNK_RATE, threads: int = 0) -> dict:
+    """A binarized corpus in ``out`` from another toolkit's translations of ``split``; return the report.
+
+    ``translations``: one text file line-aligned with the split, or (``kbest``) K-best TSV files
+    (:mod:`fairseq_seqkd.kbest`), reduced to the best-scoring candidate of each sentence or, with
+    ``seq_inter``, to the one closest to the data's reference by ``bleu`` (default: the
+    ``--seq-inter`` generator's). ``spm_model``: the student's sentencepiece model, for detokenized
+    text; ``pieces``: the text is in the student's pieces already (every token must be in the
+    dictionary); neither: split at whitespace, unknown words become ``<unk>``. More than
+    ``max_unk_rate`` unknown tokens is refused (the wrong tokenization). ``empty`` (default
+    ``error``): an empty translation is refused, replaced by the reference or dropped.
+    """
+    empty = empty or "error"
+    if empty not in EMPTY_POLICIES:
+        raise UserError(f"empty-translation policy {empty!r}: choose one of {', '.join(EMPTY_POLICIES)}")
+    if not translations:
+        raise UserError("no translation file given")
+    if spm_model and pieces:
+        raise UserError("--spm-model (detokenized text, encoded with it) and --pieces (text already in the "
+                        "student's pieces) exclude each other: give the one that describes the file")
+    if seq_inter and not kbest:
+        raise UserError("Seq-Inter chooses among K-best candidates: give K-best lists (--kbest), not a text file")
+    if not kbest and len(translations) != 1:
+        raise UserError(f"{len(translations)} text files given: a line-aligned translation file is one file "
+                        "(concatenate the parts in order), or give K-best TSV lists with --kbest")
+    if len(translations) > 32000:
+        raise UserError(f"{len(translations)} K-best files: merge some of them first (at most 32000)")
+    for path in translations:
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: no such translation file")
+    bleu = bleu or SentenceBLEU()
+
+    def read(s: _Split) -> _Read:
+        if seq_inter and s.reference is None:
+            raise UserError(f"{s.what} has no target side: Seq-Inter needs the references it is measured against")
+        if not kbest:
+            lines = kb.count_lines(translations[0])
+            if lines != s.n:
+                raise UserError(
+                    f"{translations[0]}: {lines} lines but {s.what} has {s.n} sentences ({abs(lines - s.n)} "
+                    f"{'missing' if lines < s.n else 'too many'}): line i must be the translation of sentence i "
+                    "(data-bin's order, the prepared training text's); translate every line of the split's "
+                    "source, skipping none and adding none (an empty translation is an empty line)")
+        encoder = kb.TokenEncoder(s.tgt_dict, spm_model, strict=pieces, threads=threads)
+        choice = kb.KBestChoice(s.n, seq_inter) if kbest else None
+        strip = [s.tgt_dict.eos_index, s.tgt_dict.pad_index]
+        hyps = Hypotheses(s.n, s.tgt_dict, s.work)
+        repeats, repeat_count, empty_lines = [], 0, []
+        try:
+            for index, path in enumerate(translations):
+                for chunk in (kb.read_kbest(path, s.n) if kbest else kb.read_text(path)):
+                    tokens, sizes = kb.encode_strictly(encoder, chunk, path)
+                    if encoder.tokens >= 10_000 and encoder.rate() > max_unk_rate:
+                        raise _unknown_error(translations, encoder, max_unk_rate, spm_model, pieces)
+                    empties = np.flatnonzero(sizes == 1)
+                    empty_lines += [(path, int(chunk.numbers[k]), int(chunk.ids[k])) for k in empties[:10].tolist()]
+                    if choice is None:
+                        hyps.store(chunk.ids, tokens, sizes, index)
+                        hyps.see(chunk.ids, index)
+                        continue
+                    scores = None
+                    if seq_inter:
+                        refs, ref_sizes, ref_index = _references(s.reference, chunk.ids)
+                        scores = kb.candidate_bleu(bleu, tokens, sizes, refs, ref_sizes, ref_index, strip)
+                    kept, repeated = choice.choose(chunk.ids, chunk.scores, chunk.keys, scores)
+                    repeat_count += len(repeated)
+                    repeats += [(path, int(chunk.numbers[k]), int(chunk.ids[k])) for k in repeated[:5].tolist()]
+                    if len(kept):
+                        ends = np.cumsum(sizes)
+                        parts = [tokens[e - z:e] for e, z in zip(ends[kept].tolist(), sizes[kept].tolist())]
+                        hyps.store(chunk.ids[kept], np.concatenate(parts), sizes[kept], index)
+                    hyps.see(np.unique(chunk.ids), index)
+        finally:
+            hyps.close()
+        problems = []
+        if repeat_count:
+            where = "; ".join(f"{p} line {line} (id {sid})" for p, line, sid in repeats[:5])
+            problems.append(f"{repeat_count} lines repeat an earlier line of the same sentence (same id, score and "
+                            f"text: {where}): a file, or part of one, was given twice; remove the repeat")
+        problems += _id_problems(hyps, translations, s.n, s.what, foreign=True)
+        if problems:
+            raise UserError("cannot extract a corpus from " + ", ".join(translations) + ":\n  "
+                            + "\n  ".join(problems))
+        if encoder.rate() > max_unk_rate:
+            raise _unknown_error(translations, encoder, max_unk_rate, spm_model, pieces)
+
+        def empty_error(ids: np.ndarray) -> str:
+            where = ", ".join(f"{p} line {line}" for p, line, _ in empty_lines[:5])
+            return (f"{len(ids)} sentences have an empty translation (ids {_format_ids(ids)}; {where}): every "
+                    "sentence needs one, and an empty line often means a misaligned file. If the teacher "
+                    "really gave nothing, choose --empty reference (the reference stands in) or --empty drop")
+
+        report = {
+            "translation_files": list(translations), "format": "kbest" if kbest else "text",
+            "selection": ("seq_inter" if seq_inter else "best_score") if kbest else "line",
+            "encoding": encoder.describe(), "spm_model": spm_model,
+            "tokens_read": encoder.tokens, "unknown_tokens": encoder.unknown,
+            "unknown_rate": round(encoder.rate(), 6),
+            "most_unknown": dict(encoder.unknown_kinds.most_common(10)),
+        }
+        if seq_inter:
+            report["bleu"] = bleu.signature()
+        return _Read(hyps, report, empty_error)
+
+    return _extract(read, data, out, split, source_lang, target_lang, source_text, empty, copy_splits)
+
+
+def _unknown_error(files: list[str], encoder, limit: float, spm_model: str | None, pieces: bool) -> UserError:
+    """The UserError for translations too many of whose tokens are not in the dictionary."""
+    if spm_model:
+        fix = (f"check that {spm_model} is the student's sentencepiece model (the one its data was encoded "
+               "with) and that the translations are detokenized text in the target language")
+    else:
+        fix = ("for detokenized text give the student's sentencepiece model (--spm-model, e.g. "
+               "prepared/spm.model); text already in the student's pieces is split at spaces")
+    return UserError(f"{', '.join(files)}: {encoder.unknown} of {encoder.tokens} tokens ({encoder.rate():.1%}) are not "
+                     f"in the student's dictionary (most frequent: {dict(encoder.unknown_kinds.most_common(5))}), "
+                     f"more than --max-unk-rate {limit}: the translations are not in the student's token space; "
+                     f"{fix}. Raise --max-unk-rate if they are right")
+
+
+def _references(reader, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(token ids, sizes) of the references of the distinct ``ids``, and each id's place among them."""
+    unique, place = np.unique(ids, return_inverse=True)
+    if int(unique[-1] - unique[0]) < 4 * len(unique):  # the usual grouped lists: one read of the range
+        tokens, sizes = reader.tokens(int(unique[0]), int(unique[-1]) + 1)
+        sizes = sizes.astype(np.int64)
+        parts = np.split(tokens, np.cumsum(sizes)[:-1])
+        keep = unique - unique[0]
+    else:  # ids from all over the split: by runs of consecutive ids
+        runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1)
+        parts, size_parts = [], []
+        for run in runs:
+            t, z = reader.tokens(int(run[0]), int(run[-1]) + 1)
+            size_parts.append(z.astype(np.int64))
+            parts += np.split(t, np.cumsum(z.astype(np.int64))[:-1])
+        sizes = np.concatenate(size_parts)
+        keep = np.arange(len(unique))
+    chosen = [parts[k] for k in keep.tolist()]
+    return (np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, np.int64)), sizes[keep], place
+
+
+def _extract(read: Callable[[_Split], _Read], data: str, out: str, split: str, source_lang: str | None,
+             target_lang: str | None, source_text: str | None, empty: str, copy_splits: bool) -> dict:
+    """The corpus from pass 1's hypotheses (``read``): empty ones handled, pairs written, files moved into ``out``."""
     task, source, reference, folder = _language_pair_data(data, split, source_lang, target_lang)
     src, tgt = task.cfg.source_lang, task.cfg.target_lang
     if os.path.realpath(out) == os.path.realpath(folder):
@@ -609,39 +853,15 @@ def extract_corpus(generated: list[str], data: str, out: str, split: str = "trai
     os.makedirs(out, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=out, prefix=".extract-")
     try:
-        hashes = None
-        if check_sources and source_text is None:
-            hashes = _source_hashes(source, as_string, n)
         os.makedirs(os.path.join(tmp, WORK))
-        hyps = Hypotheses(n, tgt_dict, os.path.join(tmp, WORK), hashes)
-        try:
-            checks = [hyps.read(i, f) for i, f in enumerate(files)]
-        finally:
-            hyps.close()
-        problems = [p for c in checks for p in c.problems()]
-        problems += _id_problems(hyps, files, n, what)
-        if hyps.differ_count:
-            i, path, text = hyps.differ_first
-            data_text = _source_strings(source, as_string, i, i + 1)[0]
-            problems.append(f"{hyps.differ_count} S- lines differ from {what} (id {i}: {path} has {text!r}, the "
-                            f"data {data_text!r}): generated from other data, or with --bpe/--tokenizer/"
-                            "--post-process (then pass --no-source-check)")
-        if problems:
-            raise UserError("cannot extract a corpus from " + ", ".join(files) + ":\n  " + "\n  ".join(problems))
+        found = read(_Split(source, reference, tgt_dict, n, what, as_string, os.path.join(tmp, WORK)))
+        hyps = found.hyps
         empty_ids = np.flatnonzero(hyps.length == 1)
         if len(empty_ids) and empty == "reference" and reference is None:
             raise UserError(f"{what} has no target side to fall back on for its empty hypotheses: "
                             "use --empty drop")
-        if hyps.unknown is not None:
-            unknown_ids = np.flatnonzero(hyps.unknown)
-            raise UserError(
-                f"hypotheses of {len(unknown_ids)} sentences (ids {_format_ids(unknown_ids)}) hold tokens that are "
-                f"not in the target dictionary {hyps.most_unknown()}: the H- lines are not in the model's "
-                "token space. Generate without --post-process/--remove-bpe/--replace-unk, and keep stderr out of "
-                "the output file")
         if len(empty_ids) and empty == "error":
-            raise UserError(f"{len(empty_ids)} empty hypotheses (ids {_format_ids(empty_ids)}); choose --empty "
-                            "reference or --empty drop")
+            raise UserError(found.empty_error(empty_ids))
 
         others = _other_split_files(folder, split, src, tgt) if copy_splits else []
         sides = ((src, src_dict), (tgt, tgt_dict))
@@ -651,7 +871,7 @@ def extract_corpus(generated: list[str], data: str, out: str, split: str = "trai
         shutil.rmtree(os.path.join(tmp, WORK))
         report = {
             "split": split, "source_lang": src, "target_lang": tgt, "sentences": n, "written": written,
-            "generation_files": files, "empty_hypotheses": len(empty_ids), "empty_policy": empty,
+            **found.report, "empty_hypotheses": len(empty_ids), "empty_policy": empty,
             "empty_ids": empty_ids[:1000].tolist(), "dropped_ids": empty_ids[:1000].tolist() if empty == "drop" else [],
             "source": source_text or os.path.join(folder, f"{split}.{src}-{tgt}.{src}"),
             "target_tokens": target_tokens,

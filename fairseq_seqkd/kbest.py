@@ -1,0 +1,347 @@
+"""Translations from another toolkit: 1-best text files and K-best lists, one target kept per sentence.
+
+A teacher that is not a fairseq model (Marian, Hugging Face, CTranslate2, ...) gives its
+translations of a split (the training split for Seq-KD) in one of two forms:
+
+- a **text file**: line i is the translation of sentence i of the split, in data-bin's order
+  (the order of the prepared training text);
+- **K-best lists** in TSV files, one line per candidate::
+
+      sentence_id<TAB>score<TAB>text
+
+  ``sentence_id`` is 0-based into the split; lines come in any order, 1 to K of them per id,
+  and all of one id's lines are in one file (files are shards); ``score`` is the model's
+  log-probability of the candidate, higher is better: per token or not, in any base, as long as
+  one set of files is consistent, because only the order of one sentence's scores is used;
+  ``text`` is the translation (the rest of the line; it may be empty).
+
+A text file is read as K-best lists with K = 1 whose ids are the line numbers.
+
+The text is brought into the student's token space by :class:`TokenEncoder`: detokenized text
+is normalized and encoded with the student's sentencepiece model, exactly as ``prepare``
+encoded the training data; without a model it is split at whitespace (word-level data, or text
+already in the student's pieces). :class:`KBestChoice` then keeps one candidate per sentence:
+
+- Seq-KD: the best model score (ties: the earlier line);
+- Seq-Inter: the candidate closest to the reference by the project's sentence BLEU
+  (:mod:`fairseq_seqkd.sentence_bleu`, on token ids without EOS and padding), chosen as
+  :func:`fairseq_seqkd.seq_inter.seq_inter_order` chooses among a beam: BLEU values within
+  ``TIE_TOLERANCE`` are tied, then the higher model score wins, then the earlier line. A
+  fairseq ``--nbest K`` list written in beam order gives the candidate the in-fairseq
+  ``--seq-inter`` generator puts first (tested).
+
+It streams: lines are read, encoded and compared a chunk at a time; what is kept per sentence
+is a few numbers (the kept candidate's score, its BLEU for Seq-Inter, a hash of its line). The
+kept candidates' token ids go to the caller (:mod:`fairseq_seqkd.seqkd_corpus` writes them to its
+temporary file). Within a chunk the choice is exactly ``seq_inter_order``'s; a sentence whose
+lines fall in several chunks is compared chunk by chunk with the candidate kept so far, which
+gives the same choice unless two BLEU values differ by less than ``TIE_TOLERANCE`` without being
+equal (equal token statistics give equal values).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import chain, islice
+
+import numpy as np
+
+from fairseq_seqkd.data_prep import load_sentencepiece, normalize_line
+from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.sentence_bleu import SentenceBLEU
+from fairseq_seqkd.seq_inter import TIE_TOLERANCE
+
+FIELDS = ("sentence_id", "score", "text")
+CHUNK_LINES = 1 << 16  # lines read, encoded and compared at a time: what is resident, whatever the file size
+MAX_UNKNOWN_KINDS = 10_000  # distinct unknown tokens counted for the report (a wrong tokenization has millions)
+
+
+@dataclass
+class Candidates:
+    """A chunk of lines of one file: each line's sentence id, score, line number, text and key."""
+
+    ids: np.ndarray  # int64
+    scores: np.ndarray  # float64; 0 for a text file
+    numbers: np.ndarray  # int64, 1-based line numbers in the file
+    texts: list[str]
+    keys: np.ndarray  # int64 hash of the whole line: two equal lines have equal keys
+
+
+def count_lines(path: str) -> int:
+    """Lines of a file as a line-aligned file counts them: newlines, plus a last line without one."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    lines, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return lines + (last != b"\n")
+
+
+def _decode(path: str, raw: list[bytes], first: int) -> list[str]:
+    """UTF-8 lines; invalid UTF-8 is a UserError naming the line."""
+    try:
+        return b"\n".join(raw).decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        for k, line in enumerate(raw):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}: line {first + k} is not valid UTF-8 (byte {e.start + 1} of the line): "
+                                "write the translations as UTF-8 (e.g. iconv -t UTF-8)") from None
+        raise
+
+
+def _raw_lines(path: str) -> Iterator[tuple[int, list[bytes]]]:
+    """(first line number, lines without their newline) of a file, ``CHUNK_LINES`` at a time, split at ``\\n`` only."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    number = 1
+    with open(path, "rb") as f:
+        while raw := list(islice(f, CHUNK_LINES)):
+            # a translation may hold U+2028 or a lone CR: only \n ends a line, as in `wc -l`
+            yield number, [line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n") for line in raw]
+            number += len(raw)
+
+
+def read_text(path: str) -> Iterator[Candidates]:
+    """A line-aligned translation file as candidates: line i (1-based) is sentence i - 1, score 0."""
+    for first, raw in _raw_lines(path):
+        m = len(raw)
+        numbers = np.arange(first, first + m, dtype=np.int64)
+        yield Candidates(numbers - 1, np.zeros(m), numbers, _decode(path, raw, first), np.zeros(m, np.int64))
+
+
+def _bad_line(path: str, number: int, line: bytes, n: int) -> UserError:
+    """The UserError for K-best line ``number``: what is wrong with it and the format."""
+    fields = line.split(b"\t", 2)
+    shown = line[:80].decode("utf-8", "replace")
+    fmt = ("each line is sentence_id<TAB>score<TAB>text (id 0-based into the split, score the model's "
+           "log-probability)")
+    if len(fields) < 3:
+        return UserError(f"{path}: line {number} has {len(fields)} tab-separated field(s), not 3: {shown!r}; "
+                         f"{fmt}. An empty translation still needs both tabs")
+    try:
+        sid = int(fields[0])
+    except ValueError:
+        return UserError(f"{path}: line {number}: sentence id {fields[0][:20].decode('utf-8', 'replace')!r} is "
+                         f"not an integer; {fmt}")
+    try:
+        score = float(fields[1])
+    except ValueError:
+        score = None
+    if score is None or not np.isfinite(score):
+        return UserError(f"{path}: line {number}: score {fields[1][:20].decode('utf-8', 'replace')!r} is not a "
+                         f"finite number; {fmt}")
+    if not 0 <= sid < n:
+        return UserError(f"{path}: line {number}: sentence id {sid} is outside the split's {n} sentences "
+                         "(ids 0 to n - 1): the lists belong to other data or another split, or the ids are "
+                         "1-based; number the sentences from 0 in the split's order")
+    return UserError(f"{path}: line {number} cannot be read: {shown!r}; {fmt}")
+
+
+def read_kbest(path: str, n: int) -> Iterator[Candidates]:
+    """The candidates of a K-best TSV file, checked line by line; a bad line is a UserError naming it."""
+    for first, raw in _raw_lines(path):
+        fields = [line.split(b"\t", 2) for line in raw]
+        try:
+            if any(len(f) != 3 for f in fields):
+                raise ValueError
+            ids = np.array([int(f[0]) for f in fields], np.int64)
+            scores = np.array([float(f[1]) for f in fields], np.float64)
+            bad = (ids < 0) | (ids >= n) | ~np.isfinite(scores)
+            if bad.any():
+                raise ValueError
+        except ValueError:
+            for k, line in enumerate(raw):
+                error = _bad_line(path, first + k, line, n)
+                if "cannot be read" not in str(error):
+                    raise error from None
+            raise
+        keys = np.fromiter(map(hash, raw), np.int64, len(raw))
+        texts = _decode(path, [f[2] for f in fields], first)
+        yield Candidates(ids, scores, np.arange(first, first + len(raw), dtype=np.int64), texts, keys)
+
+
+class TokenEncoder:
+    """Translations to the student's token ids: sentencepiece-encoded, or split at whitespace.
+
+    ``spm_model``: detokenized text, normalized and encoded as ``prepare`` encodes the training
+    data (:func:`fairseq_seqkd.data_prep.normalize_line`, then the model's pieces). Without it the
+    text is split at whitespace. A token not in the dictionary becomes ``<unk>`` (as
+    fairseq-preprocess makes it) and is counted; ``strict`` (text already in the student's pieces)
+    makes it an error instead, as for fairseq's own output.
+    """
+
+    def __init__(self, dictionary, spm_model: str | None = None, strict: bool = False, threads: int = 0):
+        self.dict, self.strict, self.threads = dictionary, strict, threads
+        self.unk, self.eos = dictionary.unk_index, dictionary.eos_index
+        self.tokens = self.unknown = 0  # over every candidate encoded
+        self.unknown_kinds: Counter = Counter()
+        self.sp = load_sentencepiece(spm_model) if spm_model else None
+        if self.sp is not None:
+            # sentencepiece's ids to the dictionary's through one table (pieces not in it: unk)
+            self._pieces = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
+            self._table = np.array([dictionary.indices.get(p, self.unk) for p in self._pieces], np.int64)
+            self._sp_unk = self.sp.unk_id()
+
+    def describe(self) -> str:
+        """How the text is encoded, for the report."""
+        if self.sp is not None:
+            return "sentencepiece"
+        return "pieces" if self.strict else "whitespace"
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids of every text with EOS appended, back to back; their sizes, EOS included)."""
+        flat, sizes = self._encode_spm(texts) if self.sp is not None else self._encode_split(texts)
+        sizes = np.asarray(sizes, np.int64)
+        out = np.full(len(flat) + len(sizes), self.eos, np.int64)
+        ends = np.cumsum(sizes + 1)
+        keep = np.ones(len(out), bool)
+        keep[ends - 1] = False
+        out[keep] = flat
+        return out, sizes + 1
+
+    def _encode_split(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        split = [t.split() for t in texts]
+        sizes = [len(s) for s in split]
+        get = self.dict.indices.get
+        flat = np.fromiter((get(w, -1) for w in chain.from_iterable(split)), np.int64, sum(sizes))
+        missing = np.flatnonzero(flat < 0)
+        self.tokens += len(flat)
+        if len(missing):
+            words = list(chain.from_iterable(split))
+            if self.strict:
+                line = int(np.searchsorted(np.cumsum(sizes), missing[0], side="right"))
+                raise _StrictUnknown(line, words[missing[0]])
+            self._count([words[k] for k in missing.tolist()])
+            flat[missing] = self.unk
+        return flat, sizes
+
+    def _encode_spm(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        normalized = [normalize_line(t) for t in texts]
+        encoded = self.sp.encode(normalized, out_type=int, num_threads=self.threads or -1)
+        sizes = [len(e) for e in encoded]
+        ids = np.fromiter(chain.from_iterable(encoded), np.int64, sum(sizes))
+        flat = self._table[ids]
+        starts = np.cumsum(sizes) - sizes
+        # a character sentencepiece does not know is one unk piece whose text is the character
+        # itself: prepare wrote that text, and fairseq-preprocess looked it up as a word
+        for k in np.unique(np.searchsorted(np.cumsum(sizes), np.flatnonzero(ids == self._sp_unk),
+                                           side="right")).tolist():
+            pieces = self.sp.encode(normalized[k], out_type=str)
+            flat[starts[k]:starts[k] + sizes[k]] = [self.dict.indices.get(p, self.unk) for p in pieces]
+        self.tokens += len(flat)
+        missing = np.flatnonzero(flat == self.unk)
+        if len(missing):
+            self._count([self._piece(ids[k], k, starts, sizes, normalized) for k in missing.tolist()])
+        return flat, sizes
+
+    def _piece(self, sp_id: int, position: int, starts: np.ndarray, sizes: list[int], normalized: list[str]) -> str:
+        if sp_id != self._sp_unk:
+            return self._pieces[sp_id]
+        line = int(np.searchsorted(starts, position, side="right")) - 1
+        return self.sp.encode(normalized[line], out_type=str)[position - starts[line]]
+
+    def _count(self, words: list[str]) -> None:
+        self.unknown += len(words)
+        for w in words:
+            if w in self.unknown_kinds or len(self.unknown_kinds) < MAX_UNKNOWN_KINDS:
+                self.unknown_kinds[w] += 1
+
+    def rate(self) -> float:
+        """Share of the tokens encoded so far that are not in the dictionary."""
+        return self.unknown / self.tokens if self.tokens else 0.0
+
+
+class _StrictUnknown(Exception):
+    """A token not in the dictionary where every token must be: (index of the text in its chunk, the token)."""
+
+    def __init__(self, index: int, token: str):
+        super().__init__(index, token)
+        self.index, self.token = index, token
+
+
+def encode_strictly(encoder: TokenEncoder, chunk: Candidates, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``encoder.encode(chunk.texts)``; in ``strict`` mode an unknown token is a UserError naming its line."""
+    try:
+        return encoder.encode(chunk.texts)
+    except _StrictUnknown as e:
+        raise UserError(f"{path}: line {int(chunk.numbers[e.index])}: token {e.token!r} is not in the student's "
+                        "dictionary, yet the text was said to be in its pieces: give the sentencepiece model "
+                        "(--spm-model) for detokenized text, or leave out --pieces to map unknown tokens to "
+                        "<unk>") from None
+
+
+def candidate_bleu(bleu: SentenceBLEU, tokens: np.ndarray, sizes: np.ndarray, ref_tokens: np.ndarray,
+                   ref_sizes: np.ndarray, ref_index: np.ndarray, strip: Sequence[int]) -> np.ndarray:
+    """Sentence BLEU of each packed candidate against reference ``ref_index[i]``, the ids in ``strip`` left out."""
+    strip_ids = np.array(sorted(set(strip)), np.int64)
+
+    def stripped(t: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = np.asarray(t, np.int64)
+        keep = ~np.isin(t, strip_ids)
+        lens = np.bincount(np.repeat(np.arange(len(s)), s)[keep], minlength=len(s))
+        return t[keep], lens
+
+    hyp, hyp_lens = stripped(tokens, np.asarray(sizes, np.int64))
+    ref, ref_lens = stripped(ref_tokens, np.asarray(ref_sizes, np.int64))
+    return bleu.score_packed(hyp, hyp_lens, ref, ref_lens, ref_index)
+
+
+class KBestChoice:
+    """The candidate kept so far for each sentence: the best score, or (Seq-Inter) the closest to the reference."""
+
+    def __init__(self, n: int, seq_inter: bool = False):
+        self.seq_inter = seq_inter
+        self.score = np.full(n, -np.inf)  # the kept candidate's score; -inf: no candidate yet (scores are finite)
+        self.bleu = np.full(n, -np.inf) if seq_inter else None
+        self.key = np.zeros(n, np.int64)  # hash of the kept candidate's line, to catch that line given again
+
+    def choose(self, ids: np.ndarray, scores: np.ndarray, keys: np.ndarray,
+               bleu: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Compare a chunk's candidates with those kept; (positions now kept, positions repeating a line).
+
+        A repeated line (same id, score and text) is one that equals another line of this chunk
+        or the line kept for its id: a file, or part of one, given twice always repeats the kept
+        line. Different candidates with the same text (two segmentations that detokenize alike)
+        differ in score and are not repeats.
+        """
+        if self.seq_inter and bleu is None:
+            raise ValueError("Seq-Inter needs the candidates' BLEU")
+        m = len(ids)
+        if not m:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        by_key = np.argsort(keys, kind="stable")
+        repeats = by_key[1:][keys[by_key][1:] == keys[by_key][:-1]]
+        seen = self.score[ids] > -np.inf
+        repeats = np.union1d(repeats, np.flatnonzero(seen & (self.key[ids] == keys)))
+
+        order = np.argsort(ids, kind="stable")  # grouped by sentence, file order inside a group
+        sid = ids[order]
+        new = np.r_[True, sid[1:] != sid[:-1]]
+        starts = np.flatnonzero(new)
+        group = np.cumsum(new) - 1
+        eligible = np.ones(m, bool)
+        if self.seq_inter:
+            b = bleu[order]
+            eligible = b >= np.maximum.reduceat(b, starts)[group] - TIE_TOLERANCE
+        # per group: BLEU-tied (all, for Seq-KD) first, then the higher score, then the earlier line
+        ranked = np.lexsort((order, -scores[order], ~eligible, group))
+        won = order[ranked[starts]]
+
+        wid = ids[won]
+        if self.seq_inter:
+            gain = bleu[won] - self.bleu[wid]
+            better = (gain > TIE_TOLERANCE) | ((np.abs(gain) <= TIE_TOLERANCE) & (scores[won] > self.score[wid]))
+            self.bleu[wid[better]] = bleu[won][better]
+        else:
+            better = scores[won] > self.score[wid]
+        kept = won[better]
+        self.score[ids[kept]] = scores[kept]
+        self.key[ids[kept]] = keys[kept]
+        return kept, repeats
