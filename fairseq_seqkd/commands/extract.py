@@ -1,18 +1,20 @@
-"""fairseq-seqkd extract: fairseq-generate output (one or many shards) -> a binarized Seq-KD corpus."""
+"""fairseq-seqkd extract: fairseq-generate output, or another toolkit's translations -> a binarized Seq-KD corpus."""
 
 from __future__ import annotations
 
 import argparse
 
-from fairseq_seqkd.seqkd_corpus import EMPTY_POLICIES, SHARD_NAME, extract_corpus
+from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.sentence_bleu import SMOOTH_METHODS, SentenceBLEU
+from fairseq_seqkd.seqkd_corpus import EMPTY_POLICIES, MAX_UNK_RATE, SHARD_NAME, extract_corpus, extract_translations
 
 HELP = ("merge fairseq-generate outputs of a split (Seq-KD: teacher beam output; Seq-Inter: with "
-        "--seq-inter) into a parallel corpus in the original order, checked and binarized with the "
-        "original dictionaries")
+        "--seq-inter), or another toolkit's translations (--translations, --kbest), into a parallel corpus "
+        "in the original order, checked and binarized with the original dictionaries")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("generated", nargs="+",
+    p.add_argument("generated", nargs="*",
                    help=f"a folder of shard outputs {SHARD_NAME.format('<i>')} (i = 0..N-1), or the output "
                         "file(s) of fairseq-generate (stdout; generated without --post-process)")
     p.add_argument("--data", required=True, help="the binarized data folder that was translated (its "
@@ -29,20 +31,73 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-text", default=None,
                    help="take the source sentences from this text file (one per line, tokenized as "
                         "binarized) instead of the binarized split")
-    p.add_argument("--empty", choices=EMPTY_POLICIES, default="reference",
-                   help="an empty hypothesis: use the reference as target (default), drop the pair, or "
-                        "refuse; counted and listed in the report either way")
+    p.add_argument("--empty", choices=EMPTY_POLICIES, default=None,
+                   help="an empty hypothesis: use the reference as target (the default for fairseq-generate "
+                        "output), drop the pair, or refuse (the default for --translations/--kbest); counted "
+                        "and listed in the report either way")
     p.add_argument("--no-copy-splits", action="store_true",
                    help="do not copy the data's other splits (valid, test) next to the new one")
     p.add_argument("--no-source-check", action="store_true",
                    help="do not compare the S- lines with the data's sources (needed when generation used "
                         "--bpe/--tokenizer, which decode S- lines)")
+    g = p.add_argument_group("translations from another toolkit (instead of fairseq-generate output)")
+    g.add_argument("--translations", default=None, metavar="FILE",
+                   help="a text file of translations, line i the translation of sentence i of --split "
+                        "(data-bin's order: the prepared training text's)")
+    g.add_argument("--kbest", nargs="+", default=None, metavar="TSV",
+                   help="K-best lists: lines sentence_id<TAB>score<TAB>text (id 0-based, score the model's "
+                        "log-probability, higher is better), any order, 1..K per id, each id in one file; "
+                        "the best-scoring candidate of each sentence is kept (with --seq-inter: the closest "
+                        "to the reference)")
+    g.add_argument("--seq-inter", action="store_true",
+                   help="with --kbest: keep the candidate closest to the data's reference by smoothed "
+                        "sentence BLEU on token ids (ties: higher score, then earlier line), as "
+                        "fairseq-generate --task translation_kd --seq-inter chooses")
+    g.add_argument("--spm-model", default=None, metavar="MODEL",
+                   help="the student's sentencepiece model (prepare writes it as spm.model): the text is "
+                        "detokenized and is encoded with it as prepare encoded the training data")
+    g.add_argument("--pieces", action="store_true",
+                   help="the text is already in the student's tokens (space-separated pieces): every token "
+                        "must be in the dictionary. Without --spm-model or --pieces the text is split at "
+                        "whitespace and unknown words become <unk> (word-level data)")
+    g.add_argument("--max-unk-rate", type=float, default=MAX_UNK_RATE,
+                   help="refuse translations with a larger share of tokens not in the dictionary (default "
+                        f"{MAX_UNK_RATE}: more means a wrong or missing --spm-model)")
+    g.add_argument("--seq-inter-smooth-method", choices=SMOOTH_METHODS, default="exp",
+                   help="smoothing of the Seq-Inter sentence BLEU (as the task's option of the same name)")
+    g.add_argument("--seq-inter-smooth-value", type=float, default=None,
+                   help="value for --seq-inter-smooth-method floor (default 0.1) or add-k (default 1)")
+    g.add_argument("--seq-inter-no-effective-order", action="store_true",
+                   help="average the BLEU precisions over all 4 orders (as the task's option)")
+    g.add_argument("--threads", type=int, default=0, help="sentencepiece encoding threads (0: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:
+    given = [bool(args.generated), args.translations is not None, args.kbest is not None]
+    if sum(given) != 1:
+        raise UserError("give one input: fairseq-generate output (positional), --translations FILE or "
+                        "--kbest TSV [TSV ...]")
+    if not args.generated:
+        bleu = SentenceBLEU(args.seq_inter_smooth_method, args.seq_inter_smooth_value,
+                            not args.seq_inter_no_effective_order)
+        r = extract_translations(args.kbest or [args.translations], args.data, args.out, split=args.split,
+                                 kbest=args.kbest is not None, seq_inter=args.seq_inter,
+                                 spm_model=args.spm_model, pieces=args.pieces, bleu=bleu,
+                                 source_lang=args.source_lang, target_lang=args.target_lang,
+                                 source_text=args.source_text, empty=args.empty,
+                                 copy_splits=not args.no_copy_splits, max_unk_rate=args.max_unk_rate,
+                                 threads=args.threads)
+        print(f"{r['split']}: {r['written']} of {r['sentences']} sentence pairs from "
+              f"{len(r['translation_files'])} file(s) ({r['format']}, {r['selection']}); {r['unknown_tokens']} of "
+              f"{r['tokens_read']} tokens unknown ({r['unknown_rate']:.4%}); {r['empty_hypotheses']} empty "
+              f"({r['empty_policy']}) -> {args.out}")
+        return 0
+    if args.seq_inter or args.spm_model or args.pieces:
+        raise UserError("--seq-inter, --spm-model and --pieces are for --translations/--kbest; fairseq-generate "
+                        "output is Seq-Inter when generated with --seq-inter")
     r = extract_corpus(args.generated, args.data, args.out, split=args.split, source_lang=args.source_lang,
                        target_lang=args.target_lang, num_shards=args.num_shards, source_text=args.source_text,
-                       empty=args.empty, copy_splits=not args.no_copy_splits,
+                       empty=args.empty or "reference", copy_splits=not args.no_copy_splits,
                        check_sources=not args.no_source_check)
     print(f"{r['split']}: {r['written']} of {r['sentences']} sentence pairs from "
           f"{len(r['generation_files'])} file(s); {r['empty_hypotheses']} empty hypotheses "
