@@ -56,11 +56,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fairseq-seqkd`` console script."""
+    # force: importing fairseq runs logging.basicConfig(level=DEBUG) (fairseq/models/wav2vec/
+    # wav2vec2_classification.py); where fairseq came first (python -m fairseq_seqkd.cli, or any
+    # --user-dir import), matplotlib then logged ~2,000 font DEBUG lines into the report's output
     logging.basicConfig(
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
         level=logging.INFO,
         stream=sys.stderr,
+        force=True,
     )
     argv = sys.argv[1:] if argv is None else argv
     # importing fairseq takes seconds: build only the subcommand asked for, and register the plugin
