@@ -1,7 +1,8 @@
-"""Small file helpers shared by every stage: atomic writes and strict line reading."""
+"""Small file helpers shared by every stage: atomic writes, strict line reading, file hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 
@@ -32,3 +33,12 @@ def read_lines(path: str) -> list[str]:
         raise UserError(f"{path}: no such file")
     with open(path, encoding="utf-8") as f:
         return f.read().splitlines()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in 1 MiB blocks (a checkpoint of gigabytes never sits in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

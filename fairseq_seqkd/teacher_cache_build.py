@@ -26,6 +26,7 @@ from fairseq_seqkd.fairseq_glue import (
     teacher_batches,
     teacher_topk,
 )
+from fairseq_seqkd.io_utils import file_sha256
 from fairseq_seqkd.teacher_cache import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -35,7 +36,6 @@ from fairseq_seqkd.teacher_cache import (
     _identity_diff,
     _scan,
     dictionary_hash,
-    file_sha256,
     header_path,
     ids_dtype_for,
     merge_shards,

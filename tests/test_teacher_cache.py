@@ -18,7 +18,8 @@ from fairseq.data import Dictionary
 from fairseq_seqkd import cli
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.fairseq_glue import TEACHER_IDS_KEY, TEACHER_PROBS_KEY, load_teacher
-from fairseq_seqkd.teacher_cache import TeacherCache, dictionary_hash, file_sha256, header_path, shard_path
+from fairseq_seqkd.io_utils import file_sha256
+from fairseq_seqkd.teacher_cache import TeacherCache, dictionary_hash, header_path, shard_path
 from fairseq_seqkd.teacher_cache_build import build_cache
 from fairseq_seqkd.teacher_cache_dataset import attach_teacher_cache, check_against_dataset
 
