@@ -14,6 +14,9 @@ encode every split. The output folder ``OUT`` holds
     spm.model, spm.vocab               the joint sentencepiece model
     prepare.json                       the manifest (settings, counts, drops), written last
 
+An extra test set of a prepared run (:func:`prepare_test_set`) is read as strictly as the test
+split and encoded with that run's sentencepiece model into a folder of its own.
+
 Every file is written atomically; a rerun skips the steps whose outputs are complete, so a
 killed run continues, and a finished folder is verified (line counts) in seconds.
 """
@@ -21,7 +24,6 @@ killed run continues, and a finished folder is verified (line counts) in seconds
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.io_utils import atomic_write_text
+from fairseq_seqkd.io_utils import atomic_write_text, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -603,24 +605,51 @@ def prepare_corpus(raw: Raw, out_dir: str, src: str, tgt: str, vocab_size: int =
         "splits": splits,
         "files": files,
         "spm": {"model": "spm.model", "pieces": sp.get_piece_size(),
-                "sha256": _sha256(model_prefix + ".model")},
+                "sha256": file_sha256(model_prefix + ".model")},
     }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     _remove_intermediate(out_dir, src, tgt)
     return manifest
 
 
-def _remove_intermediate(out_dir: str, src: str, tgt: str) -> None:
+class WordLevel:
+    """Stands in for a sentencepiece model on a word-level corpus (the toy one): a piece is a word."""
+
+    def encode(self, lines: Sequence[str], out_type=str, num_threads: int = -1) -> list[list[str]]:
+        return [line.split() for line in lines]
+
+
+def prepare_test_set(files: Sequence[tuple[str, str]], out_dir: str, src: str, tgt: str,
+                     spm_model: str | None = None, threads: int = 0, max_positions: int = MAX_POSITIONS) -> dict:
+    """An extra test set, as the test split is prepared: every line kept, encoded with the run's model.
+
+    Writes ``OUT/test.{src,tgt}`` (pieces of ``spm_model``; without one, the words as they are,
+    for a word-level corpus) and ``OUT/test.raw.{src,tgt}`` (normalized: test.raw.TGT is the
+    reference). Nothing is cleaned or dropped: an empty line, sides of different lengths or a
+    sentence of ``max_positions`` pieces or more is a UserError naming the file and the line.
+    """
+    if src == tgt:
+        raise UserError(f"prepare: source and target language are both {src!r}; they name the files")
+    for pair in files:
+        for path in pair:
+            if not os.path.exists(path):
+                raise UserError(f"{path}: no such file (extra test set); check the file names in "
+                                "extra_test_sets (under raw_dir, or absolute)")
+    os.makedirs(out_dir, exist_ok=True)
+    sp = load_sentencepiece(spm_model) if spm_model else WordLevel()
+    try:
+        read = _read_split("test", files, out_dir, src, tgt, CleanConfig())
+        encoded = _encode_split("test", out_dir, src, tgt, sp, CleanConfig(), threads, files, max_positions)
+    finally:
+        _remove_intermediate(out_dir, src, tgt, ("test",))
+    return {"inputs": [[_file_id(s), _file_id(t)] for s, t in files], "read": read["read"], "kept": encoded["kept"],
+            "spm": {"model": spm_model, "sha256": file_sha256(spm_model)} if spm_model else "word-level"}
+
+
+def _remove_intermediate(out_dir: str, src: str, tgt: str, splits: Sequence[str] = SPLITS) -> None:
     # once the manifest is written, {split}.read.* live on as {split}.raw.*
-    for split in SPLITS:
+    for split in splits:
         for lang in (src, tgt):
             path = os.path.join(out_dir, f"{split}.read.{lang}")
             if os.path.exists(path):
                 os.unlink(path)
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read())
-    return h.hexdigest()

@@ -210,6 +210,36 @@ def test_prepare_command(toy_raw, tmp_path, capsys):
     assert summary["pieces"] <= 150
 
 
+def test_an_extra_test_set_is_encoded_with_the_runs_model_and_never_cleaned(toy_raw, toy_prepared, tmp_path, capsys):
+    out, _ = toy_prepared
+    parser = argparse.ArgumentParser()
+    prepare_cmd.add_args(parser)
+    d = toy_raw
+
+    def prepare(dest, *extra):
+        return prepare_cmd.run(parser.parse_args([str(dest), "--src", "en", "--tgt", "de", "--test-only", *extra]))
+
+    # the main test set's files again: the same pieces and references as the run's own test split
+    assert prepare(tmp_path / "a", "--test", str(d / "test.en"), str(d / "test.de"),
+                   "--spm-model", str(out / "spm.model")) == 0
+    for name in ("test.en", "test.de", "test.raw.en", "test.raw.de"):
+        assert (tmp_path / "a" / name).read_text() == (out / name).read_text(), name
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kept"] == 25
+    # word level (the toy corpus): pieces are the words, whitespace normalized
+    (tmp_path / "w.en").write_text("a  b\tc\nd\n")
+    (tmp_path / "w.de").write_text("x\ny z \n")
+    assert prepare(tmp_path / "w", "--test", str(tmp_path / "w.en"), str(tmp_path / "w.de")) == 0
+    assert (tmp_path / "w" / "test.en").read_text() == "a b c\nd\n" == (tmp_path / "w" / "test.raw.en").read_text()
+    # an empty line is an error naming the file and line, and leaves nothing behind
+    (tmp_path / "e.de").write_text("x\n\n")
+    with pytest.raises(UserError, match=r"e\.de: line 2 is empty"):
+        prepare(tmp_path / "e", "--test", str(tmp_path / "w.en"), str(tmp_path / "e.de"))
+    assert not list((tmp_path / "e").iterdir())
+    with pytest.raises(SystemExit, match="no --train"):
+        prepare(tmp_path / "x", "--test", str(d / "test.en"), str(d / "test.de"),
+                "--train", str(d / "test.en"), str(d / "test.de"))
+
+
 def test_thai_sentencepiece_on_real_text(shared_data, tmp_path):
     th = shared_data / "th-en-small"
     tst = shared_data / "iwslt15-th-en-test"

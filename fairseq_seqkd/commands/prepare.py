@@ -6,10 +6,11 @@ import argparse
 import json
 from dataclasses import fields
 
-from fairseq_seqkd.data_prep import MAX_POSITIONS, CleanConfig, SpmConfig, prepare_corpus
+from fairseq_seqkd.data_prep import MAX_POSITIONS, CleanConfig, SpmConfig, prepare_corpus, prepare_test_set
 
 HELP = ("read raw parallel text (plain, WMT SGML, IWSLT XML or train.tags), clean the training pairs "
-        "(drops counted), train one joint sentencepiece model and encode train/valid/test for fairseq")
+        "(drops counted), train one joint sentencepiece model and encode train/valid/test for fairseq; "
+        "with --test-only, encode one more test set with a prepared run's model")
 
 
 def _add_config(p: argparse.ArgumentParser, cls) -> None:
@@ -25,10 +26,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--src", required=True, help="source language code: the suffix of the output files")
     p.add_argument("--tgt", required=True, help="target language code")
     for split in ("train", "valid", "test"):
-        p.add_argument(f"--{split}", nargs=2, action="append", required=True,
+        p.add_argument(f"--{split}", nargs=2, action="append",
                        metavar=("SRC_FILE", "TGT_FILE"),
                        help=f"a {split} pair of files; repeat to concatenate several (format from the name: "
                             "*.sgm, *.xml, train.tags.*, else plain text; .gz read as is)")
+    p.add_argument("--test-only", action="store_true",
+                   help="only the --test pair(s), every line kept and checked as the test split is, into "
+                        "OUT/test.* and OUT/test.raw.*: an extra test set of a prepared run")
+    p.add_argument("--spm-model", help="with --test-only: the run's sentencepiece model (OUT/spm.model of its "
+                                       "prepare); without it the text stays as words (a word-level corpus)")
     _add_config(p, SpmConfig)
     _add_config(p, CleanConfig)
     p.add_argument("--max-positions", type=int, default=MAX_POSITIONS,
@@ -40,6 +46,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.test_only:
+        if not args.test or args.train or args.valid:
+            raise SystemExit("prepare --test-only: give the test set's --test SRC_FILE TGT_FILE, and no --train "
+                             "or --valid")
+        info = prepare_test_set([tuple(p) for p in args.test], args.out_dir, args.src, args.tgt, args.spm_model,
+                                args.threads, args.max_positions)
+        print(json.dumps({"out_dir": args.out_dir, **info}))
+        return 0
+    if args.spm_model:
+        raise SystemExit("prepare: --spm-model goes with --test-only")
+    missing = [split for split in ("train", "valid", "test") if not getattr(args, split)]
+    if missing:
+        raise SystemExit(f"prepare: give {', '.join('--' + s for s in missing)} (each SRC_FILE TGT_FILE)")
     spm_cfg = SpmConfig(**{f.name: getattr(args, f.name) for f in fields(SpmConfig)})
     clean = CleanConfig(**{f.name: getattr(args, f.name) for f in fields(CleanConfig)})
     raw = {split: [tuple(pair) for pair in getattr(args, split)] for split in ("train", "valid", "test")}
