@@ -1,8 +1,11 @@
 """Table 1 of the paper, a JSON file and plots, from the per-system results of one run.
 
 Each stage of a run records its figures in ``RUN/results/NAME.json`` (``fairseq-seqkd
-evaluate``); the offline pruning sweep records its points in ``RUN/results/curve/*.json``.
-This module only reads those files: it never runs a model.
+evaluate``), and on each extra test set in ``RUN/results/TESTSET/NAME.json``; the offline
+pruning sweep records its points in ``RUN/results/curve/*.json``. The report has one table per
+test set, the main one first; the paper's findings and the plots are judged on the main one
+only. Its last section is the run's provenance (``fairseq_seqkd.provenance``). This module only
+reads files: it never runs a model.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.findings import COMBINED, STUDENTS, check_findings, findings_markdown
 from fairseq_seqkd.io_utils import atomic_write_text
+from fairseq_seqkd.provenance import collect_provenance, provenance_lines
 
 # The systems of the paper's Table 1, in its order; a run may have any subset, plus extras.
 SYSTEMS = ["teacher", *STUDENTS, "pruned", "pruned_ct2_int8"]
@@ -42,22 +46,43 @@ PAPER = {
 }
 
 
-def collect(run_dir: str) -> dict:
-    """Read ``RUN/results/*.json`` into ``{"systems": {...}, "pruning_curve": [...], "findings": [...]}``."""
-    results_dir = os.path.join(run_dir, "results")
+CURVE = "curve"  # results/curve/: the pruning sweep, not a test set
+MAIN = "test"
+
+
+def _systems(results_dir: str) -> dict[str, dict]:
+    """``DIR/*.json`` as systems in the paper's order (then others, sorted), every key of KEYS present."""
     files = sorted(glob.glob(os.path.join(results_dir, "*.json")))
     if not files:
         raise UserError(f"{results_dir}: no results (*.json); run the pipeline's evaluation stages first")
-    systems: dict[str, dict] = {}
-    for path in files:
-        name = os.path.splitext(os.path.basename(path))[0]
-        systems[name] = _load(path)
+    systems = {os.path.splitext(os.path.basename(path))[0]: _load(path) for path in files}
     order = [s for s in SYSTEMS if s in systems] + sorted(s for s in systems if s not in SYSTEMS)
-    full = {s: {k: systems[s].get(k) for k in KEYS} | {k: v for k, v in systems[s].items() if k not in KEYS}
+    return {s: {k: systems[s].get(k) for k in KEYS} | {k: v for k, v in systems[s].items() if k not in KEYS}
             for s in order}
-    curve = [_load(p) for p in sorted(glob.glob(os.path.join(results_dir, "curve", "*.json")))]
+
+
+def extra_test_set_names(run_dir: str) -> list[str]:
+    """The extra test sets a run folder holds results for: the folders of RUN/results but curve, sorted."""
+    results_dir = os.path.join(run_dir, "results")
+    return sorted(name for name in os.listdir(results_dir) if name != CURVE
+                  and glob.glob(os.path.join(results_dir, glob.escape(name), "*.json")))
+
+
+def collect(run_dir: str, test_sets: list[str] | None = None, main_test_set: str = MAIN) -> dict:
+    """Read ``RUN/results`` into ``{"test_set", "systems", "pruning_curve", "findings", "extra_test_sets"}``.
+
+    ``systems`` and ``findings`` are the main test set's (``main_test_set`` names it);
+    ``extra_test_sets`` maps each of ``test_sets`` (default: every folder of results but curve) to
+    ``{"systems": ...}``, read from ``RUN/results/NAME/``.
+    """
+    results_dir = os.path.join(run_dir, "results")
+    full = _systems(results_dir)
+    curve = [_load(p) for p in sorted(glob.glob(os.path.join(results_dir, CURVE, "*.json")))]
     curve.sort(key=lambda r: float(r.get("prune_ratio", 0)))
-    return {"systems": full, "pruning_curve": curve, "findings": check_findings(full)}
+    names = extra_test_set_names(run_dir) if test_sets is None else list(test_sets)
+    extra = {name: {"systems": _systems(os.path.join(results_dir, name))} for name in names}
+    return {"test_set": main_test_set, "systems": full, "pruning_curve": curve, "findings": check_findings(full),
+            "extra_test_sets": extra}
 
 
 def _load(path: str) -> dict:
@@ -78,14 +103,14 @@ def _fmt(v, digits: int = 1) -> str:
     return str(v)
 
 
-def markdown_table(report: dict, paper: str | None = None) -> str:
-    """The paper's Table 1 layout: BLEU K=1/K=5, perplexity, parameters, speed."""
+def markdown_table(systems: dict, paper: str | None = None) -> str:
+    """The paper's Table 1 layout for one test set: BLEU K=1/K=5, perplexity, parameters, speed."""
     ref = PAPER.get(paper or "", {})
     head = ["System", "BLEU K=1", "BLEU K=5", "PPL", "Params", "Non-zero", "words/s K=1", "words/s K=5"]
     if ref:
         head += ["Paper K=1", "Paper K=5"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in report["systems"].items():
+    for name, r in systems.items():
         row = [LABELS.get(name, name), _fmt(r["bleu_greedy"]), _fmt(r["bleu_beam"]), _fmt(r["ppl"], 2),
                _fmt(r["params"]), _fmt(r["nonzero_params"]), _fmt(r["words_per_s_greedy"], 0),
                _fmt(r["words_per_s_beam"], 0)]
@@ -93,7 +118,7 @@ def markdown_table(report: dict, paper: str | None = None) -> str:
             p = ref.get(name, {})
             row += [_fmt(p.get("bleu_greedy")), _fmt(p.get("bleu_beam"))]
         lines.append("| " + " | ".join(row) + " |")
-    sig = next((r.get("bleu_signature") for r in report["systems"].values() if r.get("bleu_signature")), None)
+    sig = next((r.get("bleu_signature") for r in systems.values() if r.get("bleu_signature")), None)
     if sig:
         lines.append(f"\nBLEU: sacrebleu, signature `{sig}`; K=1 is greedy, K=5 is beam 5.")
     return "\n".join(lines) + "\n"
@@ -165,17 +190,33 @@ def _save(fig, path: str) -> None:
     os.replace(tmp, path)
 
 
-def write_report(run_dir: str, paper: str | None = None, plots: bool = True) -> dict[str, str]:
-    """Write RUN/report.md, RUN/report.json and the PNG plots; return their paths."""
-    report = collect(run_dir)
-    table = markdown_table(report, paper)
+def tables_markdown(report: dict, paper: str | None = None) -> str:
+    """One table per test set, the main one first; the paper's figures only beside the main one."""
+    parts = [f"## Test set: {report['test_set']}\n\n" + markdown_table(report["systems"], paper)]
+    for name, extra in report["extra_test_sets"].items():
+        parts.append(f"## Test set: {name}\n\n" + markdown_table(extra["systems"])
+                     + "\nScored as the main test set; PPL on the main test set only.\n")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str, paper: str | None = None, plots: bool = True, test_sets: list[str] | None = None,
+                 main_test_set: str = MAIN) -> dict[str, str]:
+    """Write RUN/report.md, RUN/report.json and the PNG plots; return their paths (and the tables)."""
+    report = collect(run_dir, test_sets, main_test_set)
+    tables = tables_markdown(report, paper)
     pngs = plot(report, run_dir) if plots else []
-    md = "# Results\n\n" + table + "\n## The paper's findings in this run\n\n" + findings_markdown(report["findings"])
+    report["provenance"] = collect_provenance(run_dir)
+    md = (f"# Results\n\n{tables}\n## The paper's findings in this run (test set: {report['test_set']})\n\n"
+          + findings_markdown(report["findings"]))
     if pngs:
         md += "\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pngs) + "\n"
+    md += ("\n## Provenance\n\nWhat made this run, one item a line, for comparing a rerun line by line (the "
+           "same under `provenance` in report.json): the code, the versions, each recipe invocation (a resumed "
+           "run has several), each checkpoint's sha256 and each job's wall seconds (`times/*.tsv`).\n\n"
+           "```text\n" + "\n".join(provenance_lines(report["provenance"])) + "\n```\n")
     paths = {"markdown": os.path.join(run_dir, "report.md"), "json": os.path.join(run_dir, "report.json")}
     atomic_write_text(paths["markdown"], md)
     atomic_write_text(paths["json"], json.dumps(report, indent=2) + "\n")
     for p in pngs:
         paths[os.path.basename(p)] = p
-    return paths | {"table": table}
+    return paths | {"table": tables}

@@ -1,15 +1,23 @@
-"""Evaluation refuses a partial test set; the report writes Table 1, JSON and plots."""
+"""Evaluation refuses a partial test set; the report writes Table 1 per test set, JSON, plots and
+the run's provenance."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
 
 import pytest
+from conftest import BIN
 from sacrebleu.metrics import BLEU
 
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.evaluation import evaluate_generation, update_system_result
-from fairseq_seqkd.report import KEYS, write_report
+from fairseq_seqkd.provenance import collect_provenance, provenance_lines
+from fairseq_seqkd.report import KEYS, collect, write_report
 
 
 def _gen_output(path, hyps: dict[int, str], seconds: float = 0.5):
@@ -64,3 +72,101 @@ def test_report_writes_table_json_and_plots(tmp_path):
     assert "| Seq-KD | 29.0 | 29.2 |" in table and "18.9" in table  # beside the paper's Seq-KD
     for png in ("bleu_vs_speed.png", "bleu_vs_params.png", "pruning_curve.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", paths
+
+
+def _results(folder, bleu: float) -> None:
+    """Three systems' results in ``folder``, greedy BLEU from ``bleu`` up."""
+    for i, name in enumerate(("teacher", "baseline", "seq_kd")):
+        update_system_result(str(folder), name, {"bleu_greedy": bleu + i, "bleu_beam": bleu + i + 0.5,
+                                                 "params": 1000, "nonzero_params": 1000})
+
+
+def test_report_has_one_table_per_test_set_and_judges_the_main_one(tmp_path):
+    res = tmp_path / "results"
+    _results(res, 10.0)
+    _results(res / "news-b", 40.0)
+    _results(res / "news_a", 70.0)
+    update_system_result(str(res / "curve"), "r80", {"prune_ratio": 0.8, "bleu_greedy": 5.0})
+    assert list(collect(str(tmp_path))["extra_test_sets"]) == ["news-b", "news_a"]  # default: every folder, sorted
+    write_report(str(tmp_path), plots=False, test_sets=["news_a", "news-b"], main_test_set="test (ref.de.sgm)")
+    md = (tmp_path / "report.md").read_text()
+    heads = [line for line in md.splitlines() if line.startswith("## Test set: ")]
+    assert heads == ["## Test set: test (ref.de.sgm)", "## Test set: news_a", "## Test set: news-b"]
+    tables = md.split("## Test set: ")[1:]
+    assert "| Seq-KD | 12.0 | 12.5 |" in tables[0] and "| Seq-KD | 72.0 | 72.5 |" in tables[1]
+    assert "| Seq-KD | 42.0 | 42.5 |" in tables[2] and "curve" not in md.split("## The paper")[0]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["test_set"] == "test (ref.de.sgm)" and list(report["extra_test_sets"]) == ["news_a", "news-b"]
+    assert report["extra_test_sets"]["news-b"]["systems"]["seq_kd"]["bleu_greedy"] == 42.0
+    # the findings are the main test set's: Seq-KD +1.0 over the baseline there (+1.0 elsewhere too, so
+    # the text tells them apart)
+    assert "Seq-KD 12.0 vs baseline 11.0" in md and "(test set: test (ref.de.sgm))" in md
+    with pytest.raises(UserError, match="news_c: no results"):
+        collect(str(tmp_path), ["news_c"])
+
+
+def _tsv(path, seconds: str) -> None:
+    path.write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:01\t12.5\n")
+
+
+def test_provenance_of_a_fake_run(tmp_path):
+    run = tmp_path
+    (run / "provenance").mkdir()
+    common = "host vm\ncwd /work\ncommit abc123\nuncommitted_changes no\nenv SMOKE=1\nenv RUN=/r\n"
+    (run / "provenance" / "invocation-20261201T100000Z-7.txt").write_text(
+        "start 2026-12-01T10:00:00Z\n" + common + "command bash recipes/x.sh -j 2\n"
+        "end 2026-12-01T10:10:00Z\nexit 1\n")
+    (run / "provenance" / "invocation-20261201T110000Z-8.txt").write_text(  # the one writing the report
+        "start 2026-12-01T11:00:00Z\n" + common + "command bash recipes/x.sh -j 2 --config 'a=[1, 2]'\n")
+    blobs = {"teacher/checkpoint_best.pt": b"teacher", "seq_kd/checkpoint_last.pt": b"student",
+             "export/student.pt": b"exported", "export/ct2-int8/model.bin": b"ct2"}
+    for rel, blob in blobs.items():
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_bytes(blob)
+    for name, ckpt in (("teacher", "teacher/checkpoint_best.pt"), ("seq_kd", "seq_kd/checkpoint_last.pt"),
+                       ("teacher.previous", "teacher/checkpoint_best.pt")):
+        (run / name).mkdir(exist_ok=True)
+        (run / name / "train.done").write_text(json.dumps({"checkpoint": ckpt}))
+    (run / "times").mkdir()
+    _tsv(run / "times" / "train_teacher.tsv", "40.25")
+    _tsv(run / "times" / "evaluate.seq_kd.tsv", "3.5")
+    _tsv(run / "times" / "report.tsv", "9.0")  # the report's own: never the current run's
+    now = datetime(2026, 12, 1, 11, 5, tzinfo=UTC)
+    prov = collect_provenance(str(run), now)
+    assert prov["checkpoints_sha256"] == {rel: hashlib.sha256(blob).hexdigest() for rel, blob in sorted(blobs.items())}
+    assert prov["job_seconds"] == {"evaluate.seq_kd": 3.5, "train_teacher": 40.2}
+    assert prov["jobs_seconds_total"] == 43.7
+    first, second = prov["invocations"]
+    assert first["seconds"] == 600.0 and first["exit"] == "1" and first["env"] == {"SMOKE": "1", "RUN": "/r"}
+    assert second["end"] is None and second["seconds"] == 300.0 and prov["run_seconds"] == 900.0
+    assert second["command"] == "bash recipes/x.sh -j 2 --config 'a=[1, 2]'"
+    assert {"python", "torch", "fairseq", "sacrebleu", "ctranslate2", "sentencepiece", "snakemake"} <= set(
+        prov["versions"])
+    lines = provenance_lines(prov)
+    assert lines == provenance_lines(collect_provenance(str(run), now))  # stable: the same run, the same lines
+    assert lines[0].startswith("code ") and lines[1].startswith("version ctranslate2 ")
+    assert "invocation 1 start 2026-12-01T10:00:00Z end 2026-12-01T10:10:00Z seconds 600.0 exit 1" in lines
+    assert "invocation 2 start 2026-12-01T11:00:00Z end running (report written 2026-12-01T11:05:00Z) " \
+           "seconds 300.0 exit running" in lines
+    assert lines.index("invocation 1 env RUN=/r") < lines.index("invocation 1 env SMOKE=1")
+    assert "run seconds 900.0 invocations 2" in lines
+    sha = [line.split()[1] for line in lines if line.startswith("sha256 ")]
+    assert sha == sorted(blobs)
+    assert [line for line in lines if line.startswith("job")] == [
+        "job_seconds evaluate.seq_kd 3.5", "job_seconds train_teacher 40.2", "jobs seconds_total 43.7 jobs 2"]
+
+
+def test_report_command_prints_no_debug_lines(tmp_path):
+    # importing fairseq sets the root logger to DEBUG (fairseq/models/wav2vec/wav2vec2_classification.py);
+    # matplotlib then wrote ~2,000 font lines into the report's output. A library that configured
+    # logging first is simulated with a DEBUG root logger; the console script is run as is
+    _results(tmp_path / "results", 10.0)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    simulated = ("import logging, sys; sys.argv = ['fairseq-seqkd']; logging.basicConfig(level=logging.DEBUG); "
+                 "from fairseq_seqkd.cli import main; sys.exit(main(sys.argv[1:] or None))")
+    for cmd in ([str(BIN / "fairseq-seqkd"), "report", str(tmp_path)],
+                [sys.executable, "-c", simulated.replace("sys.argv[1:] or None", repr(["report", str(tmp_path)]))]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "DEBUG" not in proc.stderr and "DEBUG" not in proc.stdout, proc.stderr[:2000]
+        assert (tmp_path / "bleu_vs_speed.png").exists()  # matplotlib did run
