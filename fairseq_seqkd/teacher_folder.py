@@ -1,0 +1,672 @@
+"""A fairseq teacher folder (the model zoo's layout): read it, check it, encode text as its training data was.
+
+A folder such as fairseq's ``wmt16.en-de.joined-dict.transformer`` (Ott et al., 2018) holds
+
+    model.pt                         the checkpoint (or one other *.pt, or a named one)
+    dict.SRC.txt, dict.TGT.txt       its dictionaries
+    bpecodes (or code)               subword-nmt BPE codes, applied after Moses tokenization
+    or sentencepiece.bpe.model / spm.model   a sentencepiece model (no tokenizer before it)
+
+:func:`read_teacher_folder` finds these files and refuses, before any long job starts, a folder
+whose dictionaries do not fit the checkpoint's embeddings, whose language pair is not the one asked
+for, whose subword model is missing, or whose shared embeddings sit over two different dictionaries.
+:func:`prepare_teacher_data` then encodes parallel text with fairseq's own encoders (``--tokenizer
+moses``, ``--bpe subword_nmt`` / ``sentencepiece``, in the order fairseq's hub interface applies
+them), line by line, and binarizes it with the teacher's dictionaries, so that a student trained on
+it shares the teacher's vocabulary (Word-KD needs that) and the teacher can translate it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+from fairseq_seqkd.checkpoint_io import load_checkpoint
+from fairseq_seqkd.data_prep import (
+    CleanConfig,
+    SplitStats,
+    _atomic_open,
+    count_lines,
+    iter_pairs,
+    load_sentencepiece,
+    raw_drop_reason,
+    read_test_pairs,
+    token_drop_reason,
+)
+from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.io_utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+MANIFEST = "teacher.json"
+# the names fairseq's hub loader (hub_utils.from_pretrained) gives these files, and common others
+CODES_NAMES = ("bpecodes", "code", "codes", "bpe.codes")
+SPM_NAMES = ("sentencepiece.bpe.model", "spm.model", "sentencepiece.model")
+BPES = ("subword_nmt", "sentencepiece")
+TOKENIZERS = ("moses", "space", "none")
+NSPECIAL = 4  # <s> <pad> </s> <unk>: fairseq's Dictionary adds them before the file's symbols
+DEFAULT_MAX_POSITIONS = 1024  # fairseq's transformer default, for checkpoints that do not say
+ENCODE_CHUNK = 2000  # pairs per work item: bounded memory, and enough work to amortize the pool
+
+
+@dataclass
+class TeacherFolderConfig:
+    """Which files of the folder to use, and how its text was tokenized (auto: detected)."""
+
+    checkpoint: str = field(default="", metadata={
+        "help": "checkpoint file, in the folder or a path (default: model.pt, else the folder's only *.pt)"})
+    bpe: str = field(default="auto", metadata={
+        "help": "subword model: auto (from the checkpoint's config, else the files present), "
+                "subword_nmt or sentencepiece"})
+    bpe_codes: str = field(default="", metadata={
+        "help": "subword-nmt BPE codes file (default: the folder's bpecodes or code)"})
+    sentencepiece_model: str = field(default="", metadata={
+        "help": "sentencepiece model file (default: the folder's sentencepiece.bpe.model, spm.model or only *.model)"})
+    tokenizer: str = field(default="auto", metadata={
+        "help": "tokenizer applied before the subword model: auto (moses with subword_nmt, none with "
+                "sentencepiece, unless the checkpoint's config names one), moses, space or none"})
+    moses_no_dash_splits: bool = field(default=False, metadata={
+        "help": "Moses: don't split hyphenated words (fairseq's --moses-no-dash-splits)"})
+    moses_no_escape: bool = field(default=False, metadata={
+        "help": "Moses: don't escape &, <, >, ', \", [, ], | (fairseq's --moses-no-escape)"})
+    pad_to_multiple: int = field(default=0, metadata={
+        "help": "accept dictionaries short of the checkpoint's embedding rows by fairseq's padding to this "
+                "multiple (their madeupwordNNNN lines missing; the data folder gets them back); 0: only "
+                "for model-parallel checkpoints, which pad when they are built"})
+
+
+@dataclass
+class TeacherFolder:
+    """A checked teacher folder: its files, languages, vocabulary sizes and text encoding."""
+
+    folder: str
+    checkpoint: str
+    src: str
+    tgt: str
+    dicts: dict[str, str]  # language -> dict.LANG.txt path
+    symbols: dict[str, int]  # language -> len(Dictionary) as fairseq loads the file (specials included)
+    embedding_rows: dict[str, int]  # language -> rows of the checkpoint's embedding for that side
+    pad_to_multiple: dict[str, int]  # language -> fairseq's pad_to_multiple_ factor that fills the gap (1: none)
+    joined: bool  # the two dictionaries hold the same symbols in the same order
+    shared_embeddings: bool  # the checkpoint was trained with --share-all-embeddings
+    bpe: str  # subword_nmt or sentencepiece
+    bpe_file: str  # the BPE codes or the sentencepiece model
+    tokenizer: str | None  # moses, space or None
+    moses_no_dash_splits: bool = False
+    moses_no_escape: bool = False
+    max_positions: dict[str, int] = field(default_factory=dict)  # language -> the model's max positions
+
+    def encoder_args(self) -> list[str]:
+        """fairseq's options for this encoding (``fairseq-generate``/``fairseq-interactive`` accept them)."""
+        args = ["--tokenizer", self.tokenizer] if self.tokenizer else []
+        if self.tokenizer == "moses":
+            args += ["--moses-no-dash-splits"] if self.moses_no_dash_splits else []
+            args += ["--moses-no-escape"] if self.moses_no_escape else []
+        if self.bpe == "subword_nmt":
+            return args + ["--bpe", "subword_nmt", "--bpe-codes", self.bpe_file]
+        return args + ["--bpe", "sentencepiece", "--sentencepiece-model", self.bpe_file]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the checkpoint (torch alone) and the dictionaries
+
+
+def _get(obj, key: str):
+    """``obj[key]`` or ``obj.key`` (a checkpoint's config mixes dicts and argparse Namespaces), or None."""
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def checkpoint_setting(state: Mapping, section: str, key: str):
+    """A setting of a loaded checkpoint: ``cfg[section][key]``, or ``args.key`` for old checkpoints; None if absent."""
+    value = _get(_get(state.get("cfg"), section), key)
+    if value is None:
+        value = _get(state.get("args"), key)
+    return value
+
+
+def find_checkpoint(folder: str, name: str = "") -> str:
+    """The folder's checkpoint: ``name`` (in the folder or a path), else model.pt, else its only *.pt."""
+    if name:
+        for path in (os.path.join(folder, name), name):
+            if os.path.isfile(path):
+                return path
+        raise UserError(f"{os.path.join(folder, name)}: no such checkpoint file; give the name of a .pt file "
+                        f"in {folder} (or a path)")
+    default = os.path.join(folder, "model.pt")
+    if os.path.isfile(default):
+        return default
+    found = sorted(glob.glob(os.path.join(folder, "*.pt")))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UserError(f"{folder}: no checkpoint (model.pt or another *.pt file); a fairseq teacher folder "
+                        "holds the model's checkpoint, its dict.SRC.txt and dict.TGT.txt, and its subword model")
+    names = ", ".join(os.path.basename(p) for p in found)
+    raise UserError(f"{folder}: several checkpoints ({names}) and no model.pt; choose one with --checkpoint "
+                    "(an ensemble's members are distilled one at a time)")
+
+
+def _embedding_rows(state: Mapping, path: str) -> tuple[int, int]:
+    """(source, target) vocabulary rows of an encoder-decoder checkpoint's embeddings."""
+    model = state["model"]
+    rows = []
+    for keys in (["encoder.embed_tokens.weight"],
+                 ["decoder.embed_tokens.weight", "decoder.output_projection.weight"]):
+        key = next((k for k in keys if k in model), None)
+        if key is None:
+            raise UserError(f"{path}: no {keys[0]} in the checkpoint; a teacher folder holds a fairseq "
+                            "encoder-decoder translation model (transformer, lstm, fconv)")
+        rows.append(int(model[key].shape[0]))
+    return rows[0], rows[1]
+
+
+def load_dictionary(path: str):
+    """fairseq's Dictionary of ``path``; a missing or malformed file is a UserError."""
+    from fairseq.data import Dictionary
+
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such dictionary")
+    try:
+        return Dictionary.load(path)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"{path}: not a fairseq dictionary ({e}); use the dict.*.txt that came with the "
+                        "checkpoint") from e
+
+
+def padded_size(size: int, factor: int) -> int:
+    """``size`` after fairseq's ``Dictionary.pad_to_multiple_(factor)``."""
+    return size if factor <= 1 else -(-size // factor) * factor
+
+
+def padding_factors(state: Mapping, pad_to_multiple: int = 0) -> list[int]:
+    """The ``pad_to_multiple_`` factors that may explain a checkpoint with more embedding rows than its dictionary."""
+    # Model-parallel models pad their dictionaries to 8 x the model-parallel size when they are built
+    # (fairseq/model_parallel/models/transformer.py): their dict files are short by design. Any other
+    # gap is a dictionary file that lost fairseq-preprocess's madeupwordNNNN padding lines, or one
+    # that lost real symbols: the two look the same by size, so only the user can say (--pad-to-multiple).
+    mp = int(checkpoint_setting(state, "common", "model_parallel_size") or checkpoint_setting(
+        state, "distributed_training", "model_parallel_size") or 1)
+    factors = {8 * mp} if mp > 1 else set()
+    if pad_to_multiple > 1:
+        factors.add(pad_to_multiple)
+    return sorted(factors)
+
+
+def _dict_fit(lang: str, path: str, size: int, rows: int, side: str, ckpt: str, factors: Sequence[int]) -> int:
+    """The padding factor that makes the dictionary fit ``rows`` (1: it fits as is), or a UserError."""
+    if size == rows:
+        return 1
+    for factor in factors:
+        if padded_size(size, factor) == rows:
+            return factor
+    hint = ""
+    if size < rows and padded_size(size, 8) == rows:
+        hint = (f" If the file only lost the {rows - size} madeupwordNNNN lines fairseq-preprocess pads a "
+                "dictionary with (to a multiple of 8), pass --pad-to-multiple 8 to put them back.")
+    raise UserError(
+        f"{path}: {size - NSPECIAL} symbols, {size} with fairseq's {NSPECIAL} special symbols, but the {side} "
+        f"embedding of {ckpt} has {rows} rows: this is not the dictionary the model was trained with (the {lang} "
+        f"side's). Put the dict.{lang}.txt that came with this checkpoint in the folder (fairseq's model "
+        f"archives hold it beside model.pt), or use the checkpoint that goes with this dictionary.{hint}")
+
+
+def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"line {i - NSPECIAL + 1}: {x!r} against {y!r}"
+    return f"one has {len(a) - NSPECIAL} symbols, the other {len(b) - NSPECIAL}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The subword model and the tokenizer
+
+
+def _first_codes_line(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.startswith("#version"):
+                return line.rstrip("\r\n")
+    return ""
+
+
+def _check_codes(path: str) -> None:
+    """Refuse what subword-nmt cannot read (it exits the process on a bad line)."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such BPE codes file")
+    fields_ = _first_codes_line(path).split(" ")
+    if len(fields_) == 3 and fields_[2].isdigit():
+        raise UserError(f"{path}: fastBPE codes (pair and count per line, fairseq's --bpe fastbpe, as the WMT19 "
+                        "models use), not subword-nmt codes; this pipeline encodes with subword-nmt or "
+                        "sentencepiece only: use a teacher whose folder has subword-nmt codes or a sentencepiece model")
+    if len(fields_) != 2:
+        raise UserError(f"{path}: not subword-nmt BPE codes (each line a pair of symbols, e.g. 'e r</w>'); give "
+                        "the codes file that came with the model (bpecodes or code) with --bpe-codes")
+
+
+def _find(folder: str, names: Sequence[str], pattern: str | None = None) -> list[str]:
+    found = [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+    if not found and pattern:
+        found = sorted(glob.glob(os.path.join(folder, pattern)))
+    return found
+
+
+def subword_model(folder: str, cfg: TeacherFolderConfig, state: Mapping) -> tuple[str, str]:
+    """(bpe name, file) of the folder: the options first, then the checkpoint's config, then the files present."""
+    if cfg.bpe not in ("auto", *BPES):
+        raise UserError(f"--bpe {cfg.bpe}: choose auto, subword_nmt or sentencepiece")
+    choice = cfg.bpe
+    if choice == "auto":
+        choice = "subword_nmt" if cfg.bpe_codes else "sentencepiece" if cfg.sentencepiece_model else "auto"
+    if choice == "auto":
+        named = _get(state.get("cfg"), "bpe")
+        named = _get(named, "_name") if named is not None else checkpoint_setting(state, "bpe", "bpe")
+        if named in BPES:
+            choice = named
+        elif named:
+            raise UserError(f"{folder}: the checkpoint was trained with fairseq's --bpe {named}; this pipeline "
+                            "encodes with subword_nmt (BPE codes) or sentencepiece only")
+    codes = [cfg.bpe_codes] if cfg.bpe_codes else _find(folder, CODES_NAMES)
+    spms = [cfg.sentencepiece_model] if cfg.sentencepiece_model else _find(folder, SPM_NAMES, "*.model")
+    if choice == "auto":
+        if codes and spms:
+            raise UserError(f"{folder}: both BPE codes ({codes[0]}) and a sentencepiece model ({spms[0]}); say "
+                            "which the model was trained with: --bpe subword_nmt or --bpe sentencepiece")
+        choice = "subword_nmt" if codes else "sentencepiece" if spms else "none"
+    if choice == "none" or (choice == "subword_nmt" and not codes) or (choice == "sentencepiece" and not spms):
+        wanted = {"subword_nmt": " or ".join(CODES_NAMES[:2]) + " (subword-nmt BPE codes)",
+                  "sentencepiece": " or ".join(SPM_NAMES[:2]) + " (a sentencepiece model)"}
+        what = wanted.get(choice, f"{wanted['subword_nmt']}, or {wanted['sentencepiece']}")
+        raise UserError(f"{folder}: no subword model: expected {what}. Copy the file that came with the "
+                        "model into the folder, or give its path with --bpe-codes or --sentencepiece-model")
+    if choice == "subword_nmt":
+        _check_codes(codes[0])
+        return choice, codes[0]
+    if len(spms) > 1:
+        raise UserError(f"{folder}: several sentencepiece models ({', '.join(map(os.path.basename, spms))}); "
+                        "choose one with --sentencepiece-model")
+    load_sentencepiece(spms[0])  # a UserError if it is not one
+    return choice, spms[0]
+
+
+def choose_tokenizer(cfg: TeacherFolderConfig, bpe: str, state: Mapping) -> str | None:
+    """The tokenizer applied before the subword model (None: none)."""
+    choice = cfg.tokenizer
+    if choice not in ("auto", *TOKENIZERS):
+        raise UserError(f"--tokenizer {choice}: choose auto, moses, space or none")
+    if choice == "auto":
+        named = _get(state.get("cfg"), "tokenizer")
+        named = _get(named, "_name") if named is not None else checkpoint_setting(state, "tokenizer", "tokenizer")
+        if named and named not in TOKENIZERS:
+            raise UserError(f"the checkpoint was trained with fairseq's --tokenizer {named}; give --tokenizer "
+                            "moses, space or none if one of them is right")
+        # subword-nmt codes come after Moses tokenization in fairseq's zoo (its hub entries say
+        # tokenizer moses, bpe subword_nmt); sentencepiece reads raw text
+        choice = named or ("moses" if bpe == "subword_nmt" else "none")
+    return None if choice == "none" else choice
+
+
+# ---------------------------------------------------------------------------------------------
+# The folder
+
+
+def read_teacher_folder(folder: str, src: str, tgt: str, cfg: TeacherFolderConfig | None = None) -> TeacherFolder:
+    """Find and check a teacher folder's files for translating ``src`` into ``tgt``; UserError at the first fault."""
+    cfg = cfg or TeacherFolderConfig()
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder}: no such teacher folder (TEACHER_DIR); it should hold the checkpoint "
+                        "(model.pt), dict.SRC.txt, dict.TGT.txt and the subword model")
+    if src == tgt:
+        raise UserError(f"source and target language are both {src!r}")
+    ckpt = find_checkpoint(folder, cfg.checkpoint)
+    state = load_checkpoint(ckpt)
+
+    # the language pair: the checkpoint's own, else the dictionaries' names
+    pair = (checkpoint_setting(state, "task", "source_lang"), checkpoint_setting(state, "task", "target_lang"))
+    if all(pair) and tuple(pair) != (src, tgt):
+        raise UserError(f"{ckpt}: this teacher translates {pair[0]}-{pair[1]} (its task's source_lang and "
+                        f"target_lang) but {src}-{tgt} was asked for: use a {src}-{tgt} teacher folder, or set the "
+                        f"recipe's src/tgt to {pair[0]}/{pair[1]}")
+    dicts = {lang: os.path.join(folder, f"dict.{lang}.txt") for lang in (src, tgt)}
+    missing = [p for p in dicts.values() if not os.path.isfile(p)]
+    if missing:
+        present = sorted(os.path.basename(p)[5:-4] for p in glob.glob(os.path.join(folder, "dict.*.txt")))
+        has = f"it has dictionaries for {', '.join(present)}" if present else "it has no dict.*.txt"
+        raise UserError(f"{missing[0]}: no such dictionary; {has}, so its language pair is not {src}-{tgt}. Use "
+                        f"a {src}-{tgt} teacher folder (dict.{src}.txt and dict.{tgt}.txt beside the checkpoint), or "
+                        "set the recipe's src/tgt to the folder's languages")
+
+    loaded = {lang: load_dictionary(path) for lang, path in dicts.items()}
+    symbols = {lang: len(d) for lang, d in loaded.items()}
+    rows = dict(zip((src, tgt), _embedding_rows(state, ckpt)))
+    factors = padding_factors(state, cfg.pad_to_multiple)
+    pad = {lang: _dict_fit(lang, dicts[lang], symbols[lang], rows[lang], side, ckpt, factors)
+           for lang, side in ((src, "encoder"), (tgt, "decoder"))}
+    for lang in (src, tgt):
+        if pad[lang] > 1:
+            logger.info("%s: %d symbols, padded to %d by fairseq's pad_to_multiple_(%d) as the checkpoint's "
+                        "embedding has them; the data folder's dict.%s.txt gets the same madeupword lines",
+                        dicts[lang], symbols[lang], rows[lang], pad[lang], lang)
+    joined = loaded[src].symbols == loaded[tgt].symbols
+    shared = bool(checkpoint_setting(state, "model", "share_all_embeddings"))
+    if shared and not (joined and rows[src] == rows[tgt]):
+        difference = _first_difference(loaded[src].symbols, loaded[tgt].symbols)
+        raise UserError(f"{ckpt} shares one embedding between source and target (--share-all-embeddings), but "
+                        f"{dicts[src]} and {dicts[tgt]} differ ({difference}); "
+                        "such a model has one joined dictionary: put the two dict files that came with the "
+                        "checkpoint in the folder (they are the same file)")
+
+    bpe, bpe_file = subword_model(folder, cfg, state)
+    tokenizer = choose_tokenizer(cfg, bpe, state)
+    max_positions = {}
+    for lang, key in ((src, "max_source_positions"), (tgt, "max_target_positions")):
+        max_positions[lang] = int(checkpoint_setting(state, "model", key)
+                                  or checkpoint_setting(state, "task", key) or DEFAULT_MAX_POSITIONS)
+    teacher = TeacherFolder(
+        folder=os.path.abspath(folder), checkpoint=os.path.abspath(ckpt), src=src, tgt=tgt,
+        dicts={k: os.path.abspath(v) for k, v in dicts.items()}, symbols=symbols, embedding_rows=rows,
+        pad_to_multiple=pad, joined=joined, shared_embeddings=shared, bpe=bpe,
+        bpe_file=os.path.abspath(bpe_file), tokenizer=tokenizer, moses_no_dash_splits=cfg.moses_no_dash_splits,
+        moses_no_escape=cfg.moses_no_escape, max_positions=max_positions)
+    logger.info("teacher folder %s: %s, %s-%s, dictionaries %s, %s%s", folder, os.path.basename(ckpt), src, tgt,
+                "joined" if joined else "separate", f"{tokenizer} + " if tokenizer else "", bpe)
+    return teacher
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding text as the teacher's training data was
+
+
+class TeacherEncoder:
+    """One language's text to the teacher's subword tokens and back, with fairseq's own encoders."""
+
+    def __init__(self, teacher: TeacherFolder, lang: str):
+        from fairseq.data.encoders import build_bpe, build_tokenizer
+
+        # the Moses tokenizer takes its language from source_lang (encode) and target_lang (decode)
+        self.tokenizer = build_tokenizer(argparse.Namespace(
+            tokenizer=teacher.tokenizer, source_lang=lang, target_lang=lang,
+            moses_no_dash_splits=teacher.moses_no_dash_splits, moses_no_escape=teacher.moses_no_escape))
+        self.bpe = build_bpe(argparse.Namespace(
+            bpe=teacher.bpe, bpe_codes=teacher.bpe_file, bpe_separator="@@",
+            sentencepiece_model=teacher.bpe_file, sentencepiece_enable_sampling=False, sentencepiece_alpha=None))
+
+    def encode(self, line: str) -> str:
+        """Tokenize, then apply the subword model (fairseq's GeneratorHubInterface.encode, before binarizing)."""
+        if self.tokenizer is not None:
+            line = self.tokenizer.encode(line)
+        # one space between tokens: what fairseq's tokenize_line splits again
+        return " ".join(self.bpe.encode(line).split())
+
+    def decode(self, line: str) -> str:
+        """Undo the subword model, then detokenize (fairseq-generate's D- lines)."""
+        line = self.bpe.decode(line)
+        return self.tokenizer.decode(line) if self.tokenizer is not None else line
+
+
+_WORKER: tuple[TeacherEncoder, TeacherEncoder] | None = None
+
+
+def _start_worker(teacher: TeacherFolder) -> None:
+    global _WORKER
+    _WORKER = (TeacherEncoder(teacher, teacher.src), TeacherEncoder(teacher, teacher.tgt))
+
+
+def _encode_chunk(chunk: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    assert _WORKER is not None
+    enc_src, enc_tgt = _WORKER
+    return [(enc_src.encode(s), enc_tgt.encode(t)) for s, t in chunk]
+
+
+def _chunks(pairs: Iterable[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    chunk: list[tuple[str, str]] = []
+    for pair in pairs:
+        chunk.append(pair)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def encode_pairs(teacher: TeacherFolder, pairs: Iterable[tuple[str, str]],
+                 workers: int = 1) -> Iterator[tuple[str, str, str, str]]:
+    """(source, target, encoded source, encoded target) for each pair, in order, streamed in chunks."""
+    chunks = _chunks(pairs, ENCODE_CHUNK)
+    if workers <= 1:
+        _start_worker(teacher)
+        for chunk in chunks:
+            yield from ((s, t, es, et) for (s, t), (es, et) in zip(chunk, _encode_chunk(chunk)))
+        return
+    # fork: the workers inherit the loaded modules; each builds its own encoders once
+    with multiprocessing.get_context("fork").Pool(workers, _start_worker, (teacher,)) as pool:
+        pending: list[list[tuple[str, str]]] = []
+
+        def originals() -> Iterator[list[tuple[str, str]]]:
+            for chunk in chunks:
+                pending.append(chunk)
+                yield chunk
+
+        for encoded in pool.imap(_encode_chunk, originals()):
+            chunk = pending.pop(0)
+            yield from ((s, t, es, et) for (s, t), (es, et) in zip(chunk, encoded))
+
+
+# ---------------------------------------------------------------------------------------------
+# A data folder for the student: encoded text, the teacher's dictionaries, fairseq-preprocess
+
+
+def _read(split: str, files: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str, tuple[str, str, int]]]:
+    """(source, target, (source file, target file, sentence number)) of a split: test strictly, the others streamed."""
+    for src_path, tgt_path in files:
+        logger.info("%s: reading %s and %s", split, src_path, tgt_path)
+        pairs = read_test_pairs(src_path, tgt_path) if split == "test" else iter_pairs(src_path, tgt_path)
+        for n, (s, t) in enumerate(pairs, 1):
+            yield s, t, (src_path, tgt_path, n)
+
+
+def _encode_split(teacher: TeacherFolder, split: str, files: Sequence[tuple[str, str]], out_dir: str,
+                  clean: CleanConfig, workers: int) -> dict:
+    """Write OUT/{split}.{src,tgt} (teacher tokens) and OUT/{split}.raw.{src,tgt} (the kept sentences)."""
+    src, tgt = teacher.src, teacher.tgt
+    vocab = {lang: set(load_dictionary(teacher.dicts[lang]).symbols) for lang in (src, tgt)}
+    tokens, unknown = {src: 0, tgt: 0}, {src: 0, tgt: 0}
+    stats = SplitStats()
+    origin: list[tuple[str, str, int]] = []  # valid/test: the kept pairs' files and sentence numbers, for errors
+    too_long: list[str] = []
+    paths = [os.path.join(out_dir, f"{split}{kind}.{lang}") for kind in ("", ".raw") for lang in (src, tgt)]
+
+    def readable() -> Iterator[tuple[str, str]]:
+        for s, t, where in _read(split, files):
+            stats.read += 1
+            reason = raw_drop_reason(s, t, clean) if split == "train" else "empty" if not s or not t else None
+            if reason:
+                stats.drop(reason)
+                continue
+            if split != "train":
+                origin.append(where)
+            yield s, t
+
+    with _atomic_open(paths[0]) as es_f, _atomic_open(paths[1]) as et_f, \
+            _atomic_open(paths[2]) as rs_f, _atomic_open(paths[3]) as rt_f:
+        for i, (s, t, es, et) in enumerate(encode_pairs(teacher, readable(), workers)):
+            ps, pt = es.split(), et.split()
+            if split == "train":
+                reason = "empty_encoded" if not ps or not pt else token_drop_reason(len(ps), len(pt), clean)
+                if reason:
+                    stats.drop(reason)
+                    continue
+            else:  # +1: the end-of-sentence token fairseq appends
+                for side, lang, pieces in ((0, src, ps), (1, tgt, pt)):
+                    if not pieces or len(pieces) + 1 > teacher.max_positions[lang]:
+                        too_long.append(f"{origin[i][side]} sentence {origin[i][2]}: {len(pieces)} tokens")
+            for lang, pieces in ((src, ps), (tgt, pt)):
+                tokens[lang] += len(pieces)
+                unknown[lang] += sum(1 for p in pieces if p not in vocab[lang])
+            es_f.write(es + "\n")
+            et_f.write(et + "\n")
+            rs_f.write(s + "\n")
+            rt_f.write(t + "\n")
+            stats.kept += 1
+            if stats.kept % 1_000_000 == 0:
+                logger.info("%s: %d pairs encoded", split, stats.kept)
+        if too_long:  # raised inside the block: no output file is written
+            raise UserError(
+                f"{split}: {len(too_long)} sentence(s) empty or longer than the teacher's max positions "
+                f"({teacher.max_positions[src]} {src}, {teacher.max_positions[tgt]} {tgt}, end of sentence included) "
+                f"after its tokenization: {'; '.join(too_long[:5])}. A {split} sentence is never dropped: split or "
+                "shorten it in both files, or remove the pair")
+    if stats.kept == 0:
+        raise UserError(f"{split}: no sentence pair left in {', '.join(p for pair in files for p in pair)}")
+    unk = {lang: unknown[lang] / max(tokens[lang], 1) for lang in (src, tgt)}
+    for lang in (src, tgt):
+        if unk[lang] > 0.01:  # fairseq-preprocess maps them to <unk>: a different subword model, most likely
+            logger.warning("%s.%s: %.1f%% of the tokens are not in %s; is %s the subword model this teacher was "
+                           "trained with?", split, lang, 100 * unk[lang], teacher.dicts[lang], teacher.bpe_file)
+    logger.info("encoded %s", stats.summary(split))
+    return {**asdict(stats), "tokens": tokens, "unknown_tokens": unknown}
+
+
+def _write_dict(teacher: TeacherFolder, lang: str, out_dir: str) -> str:
+    """OUT/dict.LANG.txt: the teacher's file, with fairseq's madeupword lines where the checkpoint has them."""
+    with open(teacher.dicts[lang], encoding="utf-8") as f:
+        text = f.read()
+    if text and not text.endswith("\n"):
+        text += "\n"
+    missing = teacher.embedding_rows[lang] - teacher.symbols[lang]
+    # the very symbols Dictionary.pad_to_multiple_ adds, in its order, as Dictionary.save writes them
+    text += "".join(f"madeupword{i:04d} 0\n" for i in range(missing))
+    path = os.path.join(out_dir, f"dict.{lang}.txt")
+    atomic_write_text(path, text)
+    size = len(load_dictionary(path))
+    if size != teacher.embedding_rows[lang]:  # e.g. the file already holds madeupword0000
+        raise UserError(f"{teacher.dicts[lang]}: padded to {teacher.embedding_rows[lang]} rows it has {size} "
+                        "symbols; use the dictionary that came with the checkpoint")
+    return path
+
+
+def preprocess_args(manifest: Mapping) -> list[str]:
+    """The ``fairseq-preprocess`` options that binarize a teacher data folder with the teacher's dictionaries."""
+    out, src, tgt = manifest["out_dir"], manifest["teacher"]["src"], manifest["teacher"]["tgt"]
+    args = ["--source-lang", src, "--target-lang", tgt]
+    for split in manifest["splits"]:
+        args += [f"--{split}pref", os.path.join(out, split)]
+    # fairseq-preprocess refuses --tgtdict next to --joined-dictionary: the source dictionary serves both
+    if manifest["teacher"]["joined"]:
+        return args + ["--srcdict", os.path.join(out, f"dict.{src}.txt"), "--joined-dictionary"]
+    return args + ["--srcdict", os.path.join(out, f"dict.{src}.txt"), "--tgtdict", os.path.join(out, f"dict.{tgt}.txt")]
+
+
+def binarize(manifest: Mapping, destdir: str, workers: int = 1) -> None:
+    """Run fairseq-preprocess (fairseq's own, in this process) with the teacher's dictionaries into ``destdir``."""
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    argv = [*preprocess_args(manifest), "--destdir", destdir, "--workers", str(max(1, workers))]
+    logger.info("fairseq-preprocess %s", " ".join(argv))
+    preprocess.main(options.get_preprocessing_parser().parse_args(argv))
+    for lang in (manifest["teacher"]["src"], manifest["teacher"]["tgt"]):
+        rows = manifest["teacher"]["embedding_rows"][lang]
+        size = len(load_dictionary(os.path.join(destdir, f"dict.{lang}.txt")))
+        if size != rows:  # never expected: fairseq-preprocess copies the dictionary it is given
+            raise UserError(f"{destdir}/dict.{lang}.txt: {size} symbols, the teacher's embedding {rows}")
+
+
+def _file_id(path: str) -> dict:
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _complete(manifest: Mapping) -> bool:
+    """Whether every file the manifest lists is there with its recorded line count."""
+    for name, lines in manifest.get("files", {}).items():
+        path = os.path.join(manifest["out_dir"], name)
+        if not os.path.isfile(path) or count_lines(path) != lines:
+            return False
+    return True
+
+
+def prepare_teacher_data(teacher: TeacherFolder, raw: Mapping[str, Sequence[tuple[str, str]]], out_dir: str,
+                         clean: CleanConfig | None = None, workers: int = 1, destdir: str | None = None) -> dict:
+    """Encode each split's pairs as the teacher's data, copy its dictionaries into ``out_dir``; return the manifest.
+
+    ``raw`` maps train/valid/test (any of them) to (source file, target file) pairs, concatenated in order:
+    detokenized text, one sentence a line (plain text, WMT SGML or IWSLT XML, as ``prepare`` reads).
+    Training pairs empty or too long are dropped (counted); a valid/test sentence never is. ``OUT/teacher.json``,
+    written last, records the teacher, the counts, the ``fairseq-preprocess`` options and the
+    ``fairseq-generate`` options that detokenize test output; a finished folder is checked and kept.
+    With ``destdir``, the data is also binarized there with fairseq-preprocess.
+    """
+    clean = clean or CleanConfig()
+    splits = [s for s in SPLITS if raw.get(s)]
+    if not splits:
+        raise UserError("no input files: give at least one of --train, --valid, --test")
+    for split in splits:
+        for path in (p for pair in raw[split] for p in pair):
+            if not os.path.isfile(path):
+                raise UserError(f"{path}: no such file ({split} split)")
+    os.makedirs(out_dir, exist_ok=True)
+    settings = {
+        "teacher": {**asdict(teacher), "checkpoint_file": _file_id(teacher.checkpoint),
+                    "dict_sha256": {lang: _sha256(p) for lang, p in teacher.dicts.items()},
+                    "bpe_sha256": _sha256(teacher.bpe_file)},
+        "inputs": {split: [[_file_id(p) for p in pair] for pair in raw[split]] for split in splits},
+        "clean": asdict(clean),
+    }
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    manifest: dict = {}
+    if os.path.isfile(manifest_path):
+        with open(manifest_path, encoding="utf-8") as f:
+            try:
+                manifest = json.load(f)
+            except json.JSONDecodeError:
+                manifest = {}
+    if manifest.get("settings") == settings and manifest.get("out_dir") == os.path.abspath(out_dir) \
+            and _complete(manifest):
+        logger.info("%s: encoded before with this teacher and these files, kept (delete %s to redo)",
+                    out_dir, manifest_path)
+    else:
+        if os.path.exists(manifest_path):
+            os.unlink(manifest_path)  # the folder is being redone: no stale manifest may describe it
+        for lang in (teacher.src, teacher.tgt):
+            _write_dict(teacher, lang, out_dir)
+        stats = {split: _encode_split(teacher, split, raw[split], out_dir, clean, workers) for split in splits}
+        files = {f"{split}{kind}.{lang}": stats[split]["kept"] for split in splits for kind in ("", ".raw")
+                 for lang in (teacher.src, teacher.tgt)}
+        manifest = {
+            "out_dir": os.path.abspath(out_dir),
+            "teacher": {**asdict(teacher), "encoder_args": teacher.encoder_args()},
+            "splits": stats,
+            "files": files,
+            "settings": settings,
+        }
+        manifest["preprocess_args"] = preprocess_args(manifest)
+        # the options fairseq-generate needs to print detokenized D- lines (BLEU against test.raw.TGT);
+        # they also detokenize S-/T- lines, so the teacher's decoding of the training data runs without them
+        manifest["generate_args"] = teacher.encoder_args()
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        for split in splits:
+            logger.info("%s", SplitStats(stats[split]["read"], stats[split]["kept"],
+                                         stats[split]["dropped"]).summary(split))
+    if destdir:
+        binarize(manifest, destdir, workers)
+    return manifest
