@@ -15,11 +15,12 @@ from fairseq_seqkd import register
 from fairseq_seqkd.errors import UserError
 
 # subcommands that never build a fairseq model or task (checkpoints are read with torch alone)
-WITHOUT_FAIRSEQ = {"toy-corpus", "prepare", "evaluate", "report", "ct2-translate"}
+WITHOUT_FAIRSEQ = {"toy-corpus", "prepare", "evaluate", "report", "ct2-translate", "teacher-data"}
 
 SUBCOMMANDS = [
     "toy-corpus",
     "prepare",
+    "teacher-data",
     "cache",
     "extract",
     "prune",
