@@ -55,7 +55,7 @@ from fairseq_seqkd.sentence_bleu import SentenceBLEU
 from fairseq_seqkd.seq_inter import TIE_TOLERANCE
 
 FIELDS = ("sentence_id", "score", "text")
-CHUNK_LINES = 1 << 16  # lines read, encoded and compared at a time: what is resident, whatever the file size
+CHUNK_LINES = 1 << 13  # lines read, encoded and compared at a time: what is resident, whatever the file size
 MAX_UNKNOWN_KINDS = 10_000  # distinct unknown tokens counted for the report (a wrong tokenization has millions)
 
 
