@@ -48,6 +48,11 @@ indexed-dataset builder writes for the same pairs.
 An empty hypothesis (the teacher emitted only EOS) is counted, its ids are reported, and
 ``empty`` decides: ``reference`` (default) keeps the pair with the original reference as
 target, ``drop`` leaves the pair out, ``error`` refuses.
+
+:func:`extract_translations` makes the same corpus from another toolkit's translations (a
+line-aligned text file, or K-best TSV lists: :mod:`fairseq_seqkd.kbest`): pass 1 encodes them
+into the student's tokens and keeps one candidate per sentence (:meth:`Hypotheses.store`); the
+checks, pass 2 and the output are shared (:func:`_extract`).
 """
 
 from __future__ import annotations
