@@ -154,15 +154,6 @@ def fingerprint(cmd: Sequence, inputs: Sequence) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_json(path: str | os.PathLike, obj: dict) -> None:
     """Write ``obj`` as JSON through a temporary file and a rename."""
     tmp = Path(f"{path}.tmp")
@@ -228,7 +219,8 @@ def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str
 
     The fingerprint is ``cmd`` and ``inputs``; ``device`` (--cpu, --fp16) is added to the command
     only when it runs, so a training moved from one machine to another resumes. ``done`` is written
-    at the end: the checkpoint passed on, its sha256 and the seconds this attempt took.
+    at the end: the checkpoint passed on, the seconds this attempt took and the command. (Every
+    checkpoint's sha256 is in the report: this process does not import the package to hash.)
     """
     own_folder(save_dir, cmd, inputs, log)
     full = [*args(cmd), *args(device)]
@@ -237,8 +229,7 @@ def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str
     ckpt = Path(save_dir) / checkpoint
     if not ckpt.exists():
         raise JobFailed(f"fairseq-train finished without writing {ckpt}; see {log}")
-    write_json(done, {"checkpoint": str(ckpt), "sha256": sha256(ckpt), "seconds": round(time.monotonic() - t0, 1),
-                      "command": full})
+    write_json(done, {"checkpoint": str(ckpt), "seconds": round(time.monotonic() - t0, 1), "command": full})
 
 
 def _note(log: str | os.PathLike, text: str) -> None:
@@ -280,6 +271,40 @@ def check_config(config: dict, known: set[str]) -> None:
     if config["corpus"] == "prepare":
         for split in ("train", "valid", "test"):
             raw_pairs(config, split)
+    test_sets(config)
+
+
+# an extra test set's name is a folder name (results/NAME/, eval/NAME/); these are taken
+RESERVED_TEST_SET_NAMES = ("train", "valid", "test", "curve", "export-check")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def test_sets(config: dict) -> dict[str, tuple[str, str]]:
+    """The extra test sets: name -> (source, reference) files, under ``raw_dir`` unless absolute.
+
+    A name is letters, digits, ``_`` and ``-``, unique, and none of the names the run folder
+    already uses; a bad entry is a ValueError naming it and the fix.
+    """
+    entries = config.get("extra_test_sets") or []
+    if not isinstance(entries, list):
+        raise ValueError(f"extra_test_sets must be a list of [name, source, reference], e.g. "
+                         f"[[news2015, news2015.en, news2015.de]]; it is {entries!r}")
+    sets: dict[str, tuple[str, str]] = {}
+    for entry in entries:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 3 or not all(entry):
+            raise ValueError(f"extra_test_sets: {entry!r} is not [name, source file, reference file], e.g. "
+                             "[news2015, news2015.en, news2015.de]")
+        name, src, ref = (str(x) for x in entry)
+        if not _SAFE_NAME.match(name):
+            raise ValueError(f"extra_test_sets: the name {name!r} may hold only letters, digits, '_' and '-' "
+                             "(it names the folders results/NAME and eval/NAME): rename it")
+        if name in RESERVED_TEST_SET_NAMES:
+            raise ValueError(f"extra_test_sets: the name {name!r} is taken ({', '.join(RESERVED_TEST_SET_NAMES)} "
+                             "are the run's own splits and folders): rename it")
+        if name in sets:
+            raise ValueError(f"extra_test_sets: the name {name!r} is given twice; each test set needs its own name")
+        sets[name] = (os.path.join(config["raw_dir"], src), os.path.join(config["raw_dir"], ref))
+    return sets
 
 
 def absolute(path: str) -> str:

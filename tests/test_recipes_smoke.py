@@ -1,7 +1,8 @@
 """The pipeline (recipes/Snakefile) through the recipes in SMOKE=1 mode: real jobs on a tiny corpus.
 
 The WMT14 recipe runs every job once, from the raw files in the official layout (three training
-corpora, an SGML test set) to the report, with the teacher's work in 2 shards. The other tests
+corpora, an SGML test set) to the report, with the teacher's work in 2 shards and two extra test
+sets (a CONFIGFILE layer, which every later run of that folder repeats). The other tests
 work on copies of that finished run folder: a rerun that does nothing, a dry run's plan, a changed
 student size, the SLURM profile's resources, a failure injected into each kind of job, a training
 killed mid-run. Select these alone with ``pytest -m recipes`` (with test_recipes_iwslt.py).
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The systems of the paper's Table 1 that every full run reports.
 SYSTEMS = ["teacher", "baseline", "word_kd", "seq_kd", "seq_inter", "seq_kd_seq_inter_word_kd", "pruned"]
 SHARDS = ["num_shards=2"]
+EXTRA_SIZES = {"news_a": 20, "news-b": 12}  # the extra test sets: plain text, and WMT SGML
 
 
 def _recipe_env(run_dir: Path, env: dict, path_first: Path | None = None) -> dict:
@@ -77,11 +79,29 @@ def planned(proc: subprocess.CompletedProcess) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory) -> dict[str, Path]:
-    """The WMT14 recipe: every job, the teacher's work in 2 shards, 2 jobs at once."""
+def extra_test_sets(tmp_path_factory) -> dict[str, str]:
+    """Two extra test sets (other sentences of the toy language) and the CONFIGFILE layer naming them."""
+    from fairseq_seqkd.toy_corpus import write_corpus
+
+    d = tmp_path_factory.mktemp("extra")
+    write_corpus(str(d), {"train": 1, "valid": EXTRA_SIZES["news_a"], "test": EXTRA_SIZES["news-b"]}, seed=7)
+    for lang in ("en", "de"):
+        lines = (d / f"test.{lang}").read_text().splitlines()
+        segs = [f'<seg id="{i}">{line}</seg>' for i, line in enumerate(lines, 1)]
+        (d / f"news-b.{lang}.sgm").write_text('<srcset setid="b" srclang="any">\n<doc docid="b1">\n'
+                                              + "\n".join(segs) + "\n</doc>\n</srcset>\n")
+    layer = d / "extra.yaml"
+    layer.write_text(f"extra_test_sets: [[news_a, {d}/valid.en, {d}/valid.de], "
+                     f"[news-b, {d}/news-b.en.sgm, {d}/news-b.de.sgm]]\n")
+    return {"CONFIGFILE": str(layer)}
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory, extra_test_sets) -> dict[str, Path]:
+    """The WMT14 recipe: every job, the teacher's work in 2 shards, 2 jobs at once, two extra test sets."""
     run = tmp_path_factory.mktemp("smoke") / "wmt"
-    run_recipe("wmt14_en_de.sh", run, "-j", "2", "--config", *SHARDS)
-    return {"wmt14_en_de.sh": run}
+    run_recipe("wmt14_en_de.sh", run, "-j", "2", "--config", *SHARDS, **extra_test_sets)
+    return {"wmt14_en_de.sh": run, "env": extra_test_sets}
 
 
 @pytest.fixture
@@ -92,11 +112,9 @@ def wmt_copy(smoke_runs, tmp_path) -> Path:
     return dest
 
 
-def check_report(run_dir: Path, test_sentences: int) -> dict:
-    """Every Table 1 system is in report.json, scored greedy and beam on the whole test set."""
-    report = json.loads((run_dir / "report.json").read_text())
-    systems = report["systems"]
-    missing = [s for s in SYSTEMS if s not in systems]
+def check_systems(systems: dict, test_sentences: int) -> None:
+    """Every Table 1 system (and the CTranslate2 export) scored greedy and beam on the whole test set."""
+    missing = [s for s in [*SYSTEMS, "pruned_ct2_int8"] if s not in systems]
     assert not missing, f"report.json lacks {missing}; it has {list(systems)}"
     for name, r in systems.items():
         for key in ("bleu_greedy", "bleu_beam", "ppl", "params", "nonzero_params",
@@ -105,6 +123,12 @@ def check_report(run_dir: Path, test_sentences: int) -> dict:
         assert isinstance(r["bleu_greedy"], float) and isinstance(r["bleu_beam"], float), (name, r)
         assert r["sentences"] == test_sentences, (name, r["sentences"])
     assert "tok:13a" in systems["teacher"]["bleu_signature"]
+
+
+def check_report(run_dir: Path, test_sentences: int) -> dict:
+    """report.json: the main test set's systems, each scored greedy and beam on the whole test set."""
+    report = json.loads((run_dir / "report.json").read_text())
+    check_systems(report["systems"], test_sentences)
     assert (run_dir / "report.md").exists()
     return report
 
@@ -115,9 +139,35 @@ def test_wmt14_en_de_smoke(smoke_runs):
     # three training corpora concatenated, the SGML test set read segment by segment
     assert manifest["splits"]["train"]["read"] == 600 and manifest["splits"]["test"]["kept"] == 30
     assert (run / "prepared" / "test.raw.de").read_text().count("\n") == 30
-    check_report(run, 30)
-    pruned = json.loads((run / "report.json").read_text())["systems"]["pruned"]
+    report = check_report(run, 30)
+    pruned = report["systems"]["pruned"]
     assert pruned["nonzero_params"] < pruned["params"]
+    # every system on each extra test set too, greedy and beam, every line; one table each, main first
+    assert list(report["extra_test_sets"]) == list(EXTRA_SIZES)
+    for name, size in EXTRA_SIZES.items():
+        check_systems(report["extra_test_sets"][name]["systems"], size)
+        assert report["extra_test_sets"][name]["systems"]["teacher"]["ppl"] is None  # main test set only
+    md = (run / "report.md").read_text()
+    assert [line for line in md.splitlines() if line.startswith("## Test set: ")] == [
+        "## Test set: test (newstest2014-deen-ref.de.sgm)", "## Test set: news_a", "## Test set: news-b"]
+    # the references are the files as given (SGML read segment by segment), never cleaned
+    assert (run / "testsets" / "news-b" / "prepared" / "test.raw.de").read_text().count("\n") == 12
+    # the provenance section: code, versions, the invocation, every checkpoint's sha256, every job's time
+    prov = md.split("## Provenance")[1]
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert f"code {head} uncommitted_changes " in prov
+    for package in ("python", "torch", "fairseq", "sacrebleu", "ctranslate2", "sentencepiece", "snakemake"):
+        assert re.search(rf"^version {package} \d", prov, re.M), package
+    assert re.search(r"^invocation 1 command bash \S*wmt14_en_de.sh -j 2 --config num_shards=2$", prov, re.M)
+    assert f"invocation 1 env CONFIGFILE={smoke_runs['env']['CONFIGFILE']}" in prov
+    hashed = dict(line.split()[1:] for line in prov.splitlines() if line.startswith("sha256 "))
+    expected = ["teacher/checkpoint_best.pt", *[f"{s}/checkpoint_last.pt" for s in SYSTEMS[1:]], "export/student.pt",
+                "export/ct2-int8/model.bin"]
+    assert sorted(hashed) == sorted(expected) and all(len(h) == 64 for h in hashed.values()), hashed
+    times = dict(line.split()[1:] for line in prov.splitlines() if line.startswith("job_seconds "))
+    for job in ("train_teacher", "evaluate.seq_kd", "evaluate_test_set.news-b.seq_kd", "evaluate_ct2_test_set.news_a"):
+        assert float(times[job]) > 0, (job, times)
+    assert report["provenance"]["checkpoints_sha256"] == hashed
     # the teacher's work in 2 shard jobs each, merged in order: every training sentence once
     for corpus in ("seqkd", "seqinter"):
         assert sorted(p.name for p in (run / f"{corpus}-gen").glob("shard*.txt")) == ["shard0000.txt", "shard0001.txt"]
@@ -144,22 +194,27 @@ def test_wmt14_en_de_smoke(smoke_runs):
         assert f"'label_smoothing': {eps}" in text and text.count("'label_smoothing': ") == 1, log
     # a training records the checkpoint it passes on; the teacher's is its best, a student's its last
     done = json.loads((run / "teacher" / "train.done").read_text())
-    assert done["checkpoint"] == "teacher/checkpoint_best.pt" and len(done["sha256"]) == 64
+    assert done["checkpoint"] == "teacher/checkpoint_best.pt" and done["seconds"] > 0
     assert json.loads((run / "seq_kd" / "train.done").read_text())["checkpoint"] == "seq_kd/checkpoint_last.pt"
     # every job's wall time, for the report and for comparing runs
     assert (run / "times" / "train_teacher.tsv").read_text().startswith("s\t")
 
 
-def test_rerun_runs_nothing(wmt_copy):
+def test_rerun_runs_nothing(wmt_copy, smoke_runs):
+    env = smoke_runs["env"]
     mtime = (wmt_copy / "teacher" / "checkpoint_best.pt").stat().st_mtime
-    plan = run_recipe("wmt14_en_de.sh", wmt_copy, "-n", "--config", *SHARDS)
+    plan = run_recipe("wmt14_en_de.sh", wmt_copy, "-n", "--config", *SHARDS, **env)
     assert "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout[-2000:]
     t0 = time.monotonic()
-    again = run_recipe("wmt14_en_de.sh", wmt_copy, "--config", *SHARDS)
+    again = run_recipe("wmt14_en_de.sh", wmt_copy, "--config", *SHARDS, **env)
     assert ran(again) == [], again.stderr[-3000:]
     assert time.monotonic() - t0 < 60
     assert (wmt_copy / "teacher" / "checkpoint_best.pt").stat().st_mtime == mtime
-    assert "| Teacher |" in again.stdout  # the report is printed at the end
+    # the report is printed at the end, its tables without the provenance section
+    assert "| Teacher |" in again.stdout and "## Test set: news-b" in again.stdout and "Provenance" not in again.stdout
+    # every invocation is recorded, the dry run not: the first run's and this one, which ended well
+    invocations = sorted((wmt_copy / "provenance").glob("invocation-*.txt"))
+    assert len(invocations) == 2 and invocations[-1].read_text().endswith("exit 0\n")
 
 
 def test_dry_run_shows_the_plan(tmp_path):
@@ -171,11 +226,11 @@ def test_dry_run_shows_the_plan(tmp_path):
     assert not (tmp_path / "fresh" / "data-bin").exists()
 
 
-def test_changed_student_size_reruns_the_students_only(wmt_copy):
+def test_changed_student_size_reruns_the_students_only(wmt_copy, smoke_runs):
     student = ("student_arch=[--arch, transformer, --share-all-embeddings, --encoder-layers, 1, --decoder-layers, 1,"
                " --encoder-embed-dim, 24, --decoder-embed-dim, 24, --encoder-ffn-embed-dim, 32,"
                " --decoder-ffn-embed-dim, 32, --encoder-attention-heads, 2, --decoder-attention-heads, 2]")
-    plan = run_recipe("wmt14_en_de.sh", wmt_copy, "-n", "--config", *SHARDS, student)
+    plan = run_recipe("wmt14_en_de.sh", wmt_copy, "-n", "--config", *SHARDS, student, **smoke_runs["env"])
     jobs = planned(plan)
     for rule in ("train_baseline", "train_word_kd", "train_seq_kd", "train_seq_inter", "train_combined",
                  "train_pruned", "prune_point", "export", "check_export", "evaluate_ct2", "report"):
@@ -244,7 +299,7 @@ def failed_output(proc: subprocess.CompletedProcess) -> str:
             "export": "export/student.pt"}[rule]
 
 
-def _failure_scenario(source: Path, root: Path, kind: str) -> dict:
+def _failure_scenario(source: Path, root: Path, kind: str, env: dict) -> dict:
     """On a copy of the finished run: make the job due, inject its failure, run the recipe twice."""
     run = root / "wmt"
     shutil.copytree(source, run, symlinks=True)
@@ -253,8 +308,8 @@ def _failure_scenario(source: Path, root: Path, kind: str) -> dict:
     if touch:
         with open(run / touch, "a") as f:
             f.write("\n")
-    procs = [run_recipe("wmt14_en_de.sh", run, "-j", "1", "--config", *SHARDS, *settings, check=False, path_first=bad)
-             for _ in range(2)]
+    procs = [run_recipe("wmt14_en_de.sh", run, "-j", "1", "--config", *SHARDS, *settings, check=False, path_first=bad,
+                        **env) for _ in range(2)]
     return {"run": run, "procs": procs}
 
 
@@ -263,7 +318,7 @@ def failures(smoke_runs, tmp_path_factory) -> dict[str, dict]:
     """Every failure scenario, two at a time (each runs one job process at a time)."""
     with ThreadPoolExecutor(2) as pool:
         futures = {kind: pool.submit(_failure_scenario, smoke_runs["wmt14_en_de.sh"], tmp_path_factory.mktemp("fail"),
-                                     kind) for kind in FAILURES}
+                                     kind, smoke_runs["env"]) for kind in FAILURES}
         return {kind: future.result() for kind, future in futures.items()}
 
 
@@ -282,10 +337,11 @@ def test_a_failed_job_is_never_done(failures, kind):
         assert (run / "teacher.previous" / "checkpoint_best.pt").exists()
 
 
-def test_killed_training_resumes(wmt_copy):
+def test_killed_training_resumes(wmt_copy, smoke_runs):
     steps = "teacher_steps=[--max-epoch, 5]"  # another option: the teacher starts afresh
     log = wmt_copy / "logs" / "train_teacher.log"
-    proc = start_recipe("wmt14_en_de.sh", wmt_copy, "teacher/train.done", "-j", "1", "--config", *SHARDS, steps)
+    proc = start_recipe("wmt14_en_de.sh", wmt_copy, "teacher/train.done", "-j", "1", "--config", *SHARDS, steps,
+                        **smoke_runs["env"])
     deadline = time.monotonic() + 240
     text = ""
     while "moved to" not in text or "(epoch 2 @ " not in text.split("moved to")[-1]:
@@ -297,14 +353,15 @@ def test_killed_training_resumes(wmt_copy):
     killed = finish("wmt14_en_de.sh", proc, check=False)
     assert killed.returncode != 0 and not (wmt_copy / "teacher" / "train.done").exists()
     assert (wmt_copy / "teacher.previous" / "checkpoint_best.pt").exists()  # the earlier teacher, kept
-    resumed = run_recipe("wmt14_en_de.sh", wmt_copy, "teacher/train.done", "-j", "1", "--config", *SHARDS, steps)
+    resumed = run_recipe("wmt14_en_de.sh", wmt_copy, "teacher/train.done", "-j", "1", "--config", *SHARDS, steps,
+                         **smoke_runs["env"])
     text = log.read_text()
     loaded = re.findall(r"Loaded checkpoint teacher/checkpoint_last.pt \(epoch (\d+) @ (\d+) updates\)", text)
     assert loaded and int(loaded[-1][0]) >= 2 and int(loaded[-1][1]) > 0, text[-3000:]
     assert "resuming" in text and "end of epoch 5 " in text, resumed.stderr[-2000:]
 
 
-def test_killed_generation_shard_resumes_from_its_last_piece(wmt_copy, tmp_path):
+def test_killed_generation_shard_resumes_from_its_last_piece(wmt_copy, smoke_runs, tmp_path):
     # every translation shard in 2 pieces (generate_chunks): shard 0 of the Seq-KD corpus is
     # pieces 0 and 1 of 4; piece 1 fails the first time
     bad = tmp_path / "bin"
@@ -319,12 +376,12 @@ def test_killed_generation_shard_resumes_from_its_last_piece(wmt_copy, tmp_path)
     (bad / "fairseq-generate").chmod(0o755)
     target, beam = "data-bin-seqkd/train.extract.json", ["seqkd_beam=4", "generate_chunks=2"]
     failed = run_recipe("wmt14_en_de.sh", wmt_copy, target, "-j", "1", "--config", *SHARDS, *beam, check=False,
-                        path_first=bad)
+                        path_first=bad, **smoke_runs["env"])
     assert failed.returncode != 0 and "injected failure" in failed.stderr, failed.stderr[-3000:]
     pieces = wmt_copy / "seqkd-gen" / "shard0000.txt.chunks"
     assert (pieces / "chunk0000.txt").exists() and not (pieces / "chunk0001.txt").exists()
     assert not (wmt_copy / "seqkd-gen" / "shard0000.txt").exists()
-    resumed = run_recipe("wmt14_en_de.sh", wmt_copy, target, "-j", "1", "--config", *SHARDS, *beam)
+    resumed = run_recipe("wmt14_en_de.sh", wmt_copy, target, "-j", "1", "--config", *SHARDS, *beam, **smoke_runs["env"])
     log = (wmt_copy / "logs" / "generate_shard.seqkd.0000.log").read_text()
     assert "chunk 1 of 2 finished before: not run again" in log.split("starting afresh")[-1], log[-2000:]
     assert ran(resumed).count("generate_shard.seqkd.0000") == 1, resumed.stderr[-3000:]  # piece 1 alone
@@ -356,7 +413,7 @@ def test_generation_translates_everything_on_a_machine_with_two_gpus(smoke_runs,
     kinds = {(rule, cmd) for rule, cmd, _ in commands}
     assert {("generate_shard", "fairseq-generate"), ("evaluate", "fairseq-generate"),
             ("evaluate", "fairseq-validate"), ("prune_point", "fairseq-generate"),
-            ("check_export", "fairseq-generate")} <= kinds, kinds
+            ("check_export", "fairseq-generate"), ("evaluate_test_set", "fairseq-generate")} <= kinds, kinds
     def rerun(kind_line):
         (rule, _, _), line = kind_line
         cmd = shlex.split(line)
@@ -370,7 +427,9 @@ def test_generation_translates_everything_on_a_machine_with_two_gpus(smoke_runs,
             assert proc.returncode == 0, (line, proc.stderr[-2000:])
             if line.startswith("fairseq-generate"):
                 ids = {int(m) for m in re.findall(r"^H-(\d+)\t", proc.stdout, re.M)}
-                expected = 600 if "--gen-subset train" in line else 30
+                data = shlex.split(line)[1]  # data-bin, or testsets/NAME/data-bin
+                expected = 600 if "--gen-subset train" in line else EXTRA_SIZES.get(data.split("/")[1], 30) \
+                    if data.startswith("testsets/") else 30
                 assert ids == set(range(expected)), (line, len(ids))
 
 
@@ -389,3 +448,22 @@ def test_generation_batches_are_bounded():
         assert int(options["--max-tokens"]) <= 4096 and int(options["--batch-size"]) <= 128, (recipe, gen)
         assert float(options["--max-len-a"]) <= 1.5 and int(options["--max-len-b"]) <= 20, (recipe, gen)
         assert config["generate_fp16_args"] == ["--fp16"], recipe
+
+
+def test_extra_test_sets_are_checked():
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import jobs
+
+    config = {**jobs.load_yaml(ROOT / "recipes" / "config" / "defaults.yaml"), "src": "en", "tgt": "de",
+              "corpus": "toy", "raw_dir": "/data"}
+    known = set(config)
+    good = [["news2015", "n.en", "n.de"], ["iwslt-tst_2", "/abs/t.en", "/abs/t.de"]]
+    jobs.check_config({**config, "extra_test_sets": good}, known)
+    assert jobs.test_sets({**config, "extra_test_sets": good}) == {
+        "news2015": ("/data/n.en", "/data/n.de"), "iwslt-tst_2": ("/abs/t.en", "/abs/t.de")}
+    for sets, message in (([["news 2015", "a", "b"]], "only letters, digits"), ([["a/b", "a", "b"]], "only letters"),
+                          ([["test", "a", "b"]], "is taken"), ([["curve", "a", "b"]], "is taken"),
+                          ([["x", "a", "b"], ["x", "c", "d"]], "given twice"), ([["x", "a"]], "is not \\[name"),
+                          ([["x", "", "b"]], "is not \\[name"), ("x", "must be a list")):
+        with pytest.raises(ValueError, match=message):
+            jobs.check_config({**config, "extra_test_sets": sets}, known)
