@@ -14,8 +14,43 @@
 set -euo pipefail
 
 RECIPES="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+RECIPE_COMMAND=("$0" "$@")  # sourced without arguments: the recipe script and its arguments, as typed
+PROVENANCE=""
 
 die() { echo "error: $*" >&2; exit 2; }
+
+utc_now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
+
+# provenance_start RUN_DIR: RUN_DIR/provenance/invocation-STAMP-PID.txt, one `key value` a line
+# (read by fairseq_seqkd/provenance.py into the report): the command as typed, where it ran, the
+# checkout's commit and the environment the recipe reads; provenance_end appends the end and exit
+# status. A resumed run keeps one file per invocation.
+provenance_start() {
+  local dir="$1/provenance" quoted commit dirty var
+  mkdir -p "$dir"
+  PROVENANCE="$dir/invocation-$(date -u +%Y%m%dT%H%M%SZ)-$$.txt"
+  printf -v quoted '%q ' "${RECIPE_COMMAND[@]}"
+  commit="$(git -C "$RECIPES" rev-parse HEAD 2>/dev/null)" || commit=unknown
+  if [ "$commit" = unknown ]; then dirty=unknown
+  elif [ -n "$(git -C "$RECIPES" status --porcelain --untracked-files=no 2>/dev/null)" ]; then dirty=yes
+  else dirty=no; fi
+  {
+    echo "start $(utc_now)"
+    echo "host ${HOSTNAME:-$(uname -n)}"
+    echo "cwd $PWD"
+    echo "command bash ${quoted% }"
+    echo "commit $commit"
+    echo "uncommitted_changes $dirty"
+    for var in RUN RAW_DIR ARCH SMOKE CONFIGFILE OMP_NUM_THREADS MKL_NUM_THREADS CUDA_VISIBLE_DEVICES; do
+      if [ -n "${!var+x}" ]; then echo "env $var=${!var}"; fi
+    done
+  } >"$PROVENANCE"
+}
+
+provenance_end() {
+  [ -n "$PROVENANCE" ] && printf 'end %s\nexit %s\n' "$(utc_now)" "$1" >>"$PROVENANCE"
+  PROVENANCE=""
+}
 
 # run_pipeline RUN_DIR CONFIG... -- SNAKEMAKE_ARGS...: the layers in order, then CONFIGFILE's,
 # then a generated one for RAW_DIR; Snakemake's own arguments last.
@@ -65,10 +100,21 @@ run_pipeline() {
   [ "$has_cores" = 1 ] || [ "$dry" = 1 ] || cmd+=(--cores all)
   cmd+=(--rerun-incomplete --force-use-threads)  # flags last: they end --quiet's list before a target
   printf '%s | recipe | run folder %s; configuration: %s\n' "$(date '+%F %T')" "$run" "${configs[*]##*/}" >&2
-  "${cmd[@]}" "$@"
+  if [ "$dry" = 0 ]; then
+    provenance_start "$run"
+    trap 'provenance_end 130; exit 130' INT
+    trap 'provenance_end 143; exit 143' TERM
+  fi
+  local rc=0
+  "${cmd[@]}" "$@" || rc=$?
+  provenance_end "$rc"
+  trap - INT TERM
+  [ "$rc" = 0 ] || exit "$rc"
   if [ "$dry" = 0 ] && [ -e "$run/report.md" ]; then
-    printf '%s | recipe | done; the report: %s\n' "$(date '+%F %T')" "$run/report.md" >&2
-    cat "$run/report.md"
+    printf '%s | recipe | done; the report: %s (its last section, Provenance: commands, code, versions, ' \
+      "$(date '+%F %T')" "$run/report.md" >&2
+    printf 'checkpoint sha256s, job times)\n' >&2
+    sed '/^## Provenance$/,$d' "$run/report.md"
   fi
 }
 
