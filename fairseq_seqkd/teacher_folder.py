@@ -336,16 +336,16 @@ def read_teacher_folder(folder: str, src: str, tgt: str, cfg: TeacherFolderConfi
     pair = (checkpoint_setting(state, "task", "source_lang"), checkpoint_setting(state, "task", "target_lang"))
     if all(pair) and tuple(pair) != (src, tgt):
         raise UserError(f"{ckpt}: this teacher translates {pair[0]}-{pair[1]} (its task's source_lang and "
-                        f"target_lang) but {src}-{tgt} was asked for: use a {src}-{tgt} teacher folder, or set the "
+                        f"target_lang) but {src}-{tgt} was asked for: use a teacher folder for {src}-{tgt}, or set the "
                         f"recipe's src/tgt to {pair[0]}/{pair[1]}")
     dicts = {lang: os.path.join(folder, f"dict.{lang}.txt") for lang in (src, tgt)}
     missing = [p for p in dicts.values() if not os.path.isfile(p)]
     if missing:
         present = sorted(os.path.basename(p)[5:-4] for p in glob.glob(os.path.join(folder, "dict.*.txt")))
         has = f"it has dictionaries for {', '.join(present)}" if present else "it has no dict.*.txt"
-        raise UserError(f"{missing[0]}: no such dictionary; {has}, so its language pair is not {src}-{tgt}. Use "
-                        f"a {src}-{tgt} teacher folder (dict.{src}.txt and dict.{tgt}.txt beside the checkpoint), or "
-                        "set the recipe's src/tgt to the folder's languages")
+        raise UserError(f"{missing[0]}: no such dictionary; {has}, so its language pair is not {src}-{tgt}. "
+                        f"Use a teacher folder for {src}-{tgt} (dict.{src}.txt and dict.{tgt}.txt beside the "
+                        "checkpoint), or set the recipe's src/tgt to the folder's languages")
 
     loaded = {lang: load_dictionary(path) for lang, path in dicts.items()}
     symbols = {lang: len(d) for lang, d in loaded.items()}
@@ -358,7 +358,8 @@ def read_teacher_folder(folder: str, src: str, tgt: str, cfg: TeacherFolderConfi
             logger.info("%s: %d symbols, padded to %d by fairseq's pad_to_multiple_(%d) as the checkpoint's "
                         "embedding has them; the data folder's dict.%s.txt gets the same madeupword lines",
                         dicts[lang], symbols[lang], rows[lang], pad[lang], lang)
-    joined = loaded[src].symbols == loaded[tgt].symbols
+    # one dictionary for both sides (fairseq-preprocess --joined-dictionary), padded alike
+    joined = loaded[src].symbols == loaded[tgt].symbols and rows[src] == rows[tgt]
     shared = bool(checkpoint_setting(state, "model", "share_all_embeddings"))
     if shared and not (joined and rows[src] == rows[tgt]):
         difference = _first_difference(loaded[src].symbols, loaded[tgt].symbols)
@@ -664,9 +665,6 @@ def prepare_teacher_data(teacher: TeacherFolder, raw: Mapping[str, Sequence[tupl
         # they also detokenize S-/T- lines, so the teacher's decoding of the training data runs without them
         manifest["generate_args"] = teacher.encoder_args()
         atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        for split in splits:
-            logger.info("%s", SplitStats(stats[split]["read"], stats[split]["kept"],
-                                         stats[split]["dropped"]).summary(split))
     if destdir:
         binarize(manifest, destdir, workers)
     return manifest
