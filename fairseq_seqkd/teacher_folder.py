@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -41,7 +40,7 @@ from fairseq_seqkd.data_prep import (
     token_drop_reason,
 )
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.io_utils import atomic_write_text
+from fairseq_seqkd.io_utils import atomic_write_text, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -589,14 +588,6 @@ def _file_id(path: str) -> dict:
     return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _complete(manifest: Mapping) -> bool:
     """Whether every file the manifest lists is there with its recorded line count."""
     for name, lines in manifest.get("files", {}).items():
@@ -628,8 +619,8 @@ def prepare_teacher_data(teacher: TeacherFolder, raw: Mapping[str, Sequence[tupl
     os.makedirs(out_dir, exist_ok=True)
     settings = {
         "teacher": {**asdict(teacher), "checkpoint_file": _file_id(teacher.checkpoint),
-                    "dict_sha256": {lang: _sha256(p) for lang, p in teacher.dicts.items()},
-                    "bpe_sha256": _sha256(teacher.bpe_file)},
+                    "dict_sha256": {lang: file_sha256(p) for lang, p in teacher.dicts.items()},
+                    "bpe_sha256": file_sha256(teacher.bpe_file)},
         "inputs": {split: [[_file_id(p) for p in pair] for pair in raw[split]] for split in splits},
         "clean": asdict(clean),
     }
