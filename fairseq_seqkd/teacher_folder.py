@@ -482,17 +482,18 @@ def _encode_split(teacher: TeacherFolder, split: str, files: Sequence[tuple[str,
     src, tgt = teacher.src, teacher.tgt
     vocab = {lang: set(load_dictionary(teacher.dicts[lang]).symbols) for lang in (src, tgt)}
     tokens, unknown = {src: 0, tgt: 0}, {src: 0, tgt: 0}
-    stats = SplitStats()
+    # two counters: with workers, readable() runs in the pool's feeder thread while this one writes
+    read_stats, stats = SplitStats(), SplitStats()
     origin: list[tuple[str, str, int]] = []  # valid/test: the kept pairs' files and sentence numbers, for errors
     too_long: list[str] = []
     paths = [os.path.join(out_dir, f"{split}{kind}.{lang}") for kind in ("", ".raw") for lang in (src, tgt)]
 
     def readable() -> Iterator[tuple[str, str]]:
         for s, t, where in _read(split, files):
-            stats.read += 1
+            read_stats.read += 1
             reason = raw_drop_reason(s, t, clean) if split == "train" else "empty" if not s or not t else None
             if reason:
-                stats.drop(reason)
+                read_stats.drop(reason)
                 continue
             if split != "train":
                 origin.append(where)
@@ -527,6 +528,9 @@ def _encode_split(teacher: TeacherFolder, split: str, files: Sequence[tuple[str,
                 f"({teacher.max_positions[src]} {src}, {teacher.max_positions[tgt]} {tgt}, end of sentence included) "
                 f"after its tokenization: {'; '.join(too_long[:5])}. A {split} sentence is never dropped: split or "
                 "shorten it in both files, or remove the pair")
+    stats.read = read_stats.read
+    for reason, n in read_stats.dropped.items():
+        stats.dropped[reason] = stats.dropped.get(reason, 0) + n
     if stats.kept == 0:
         raise UserError(f"{split}: no sentence pair left in {', '.join(p for pair in files for p in pair)}")
     unk = {lang: unknown[lang] / max(tokens[lang], 1) for lang in (src, tgt)}
