@@ -21,7 +21,7 @@ from test_pruning import ONE_THREAD, retrained_student
 from fairseq_seqkd.checkpoint_io import load_checkpoint
 from fairseq_seqkd.cli import main as cli_main
 from fairseq_seqkd.commands import ct2_translate as ct2_translate_cmd
-from fairseq_seqkd.ct2_translate import translate_file
+from fairseq_seqkd.ct2_translate import TranslateConfig, translate_file
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.evaluation import evaluate_generation, parse_generate_output
 from fairseq_seqkd.export import assert_plain, ct2_inputs, export, export_ct2
@@ -68,7 +68,7 @@ def ct2_greedy(exported, toy_corpus):
     out, _ = exported
     paths = {q: out / f"ct2_{q}.txt" for q in ("float32", "int8")}
     translate_file(str(out / "ct2_float32"), str(toy_corpus / "test.en"), str(paths["float32"]),
-                   beam=1, max_len_b=MAX_LEN, threads=1)
+                   TranslateConfig(beam=1, max_len_b=MAX_LEN, threads=1))
     # int8 through the subcommand's parser and run()
     parser = argparse.ArgumentParser()
     ct2_translate_cmd.add_args(parser)
