@@ -134,23 +134,27 @@ def ct2_decode(translator, batches: list[list[list[str]]], out_len: int) -> tupl
     return time.perf_counter() - start, time.process_time() - cpu, lengths
 
 
-def export_student(cfg, model, data_dir: str, work: str) -> str:
-    """Prune the student 80% and export it to CTranslate2 int8 with the package's own functions."""
+def checkpoint(cfg, model) -> dict:
+    """A checkpoint dict of a built model as fairseq-train writes it (tied embeddings kept tied)."""
     from omegaconf import OmegaConf
 
-    from fairseq_seqkd.export import export
-    from fairseq_seqkd.pruning import PruneSpec, prune_state_dict
-
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    # keep tied embeddings tied, as in a checkpoint that fairseq-train writes
     emb = state["encoder.embed_tokens.weight"]
     for alias in ("decoder.embed_tokens.weight", "decoder.output_projection.weight"):
         state[alias] = emb
-    prune_state_dict(state, PruneSpec(0.8, "class-blind"))
-    ckpt = {"args": None, "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "model": state,
+    return {"args": None, "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "model": state,
             "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam",
                                    "lr_scheduler_state": {}, "num_updates": 0}],
             "extra_state": {}}
+
+
+def export_student(cfg, model, data_dir: str, work: str) -> str:
+    """Prune the student 80% and export it to CTranslate2 int8 with the package's own functions."""
+    from fairseq_seqkd.export import export
+    from fairseq_seqkd.pruning import PruneSpec, prune_state_dict
+
+    ckpt = checkpoint(cfg, model)
+    prune_state_dict(ckpt["model"], PruneSpec(0.8, "class-blind"))
     path = os.path.join(work, "student_checkpoint.pt")
     torch.save(ckpt, path)
     out = export(path, os.path.join(work, "student.pt"), ct2_dir=os.path.join(work, "ct2_int8"),
