@@ -29,11 +29,10 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.io_utils import atomic_write_text, file_sha256
+from fairseq_seqkd.io_utils import atomic_open, atomic_write_text, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -235,20 +234,7 @@ def read_test_pairs(src_path: str, tgt_path: str) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic streaming output
-
-
-@contextmanager
-def _atomic_open(path: str):
-    """A text file handle whose content appears at ``path`` only when the block succeeds."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+# Files
 
 
 def count_lines(path: str) -> int:
@@ -390,7 +376,7 @@ def _read_split(split: str, files: Sequence[tuple[str, str]], out_dir: str, src:
     """Write OUT/{split}.read.{src,tgt}: train cleaned, valid without empty pairs, test strictly."""
     stats = SplitStats()
     paths = [os.path.join(out_dir, f"{split}.read.{lang}") for lang in (src, tgt)]
-    with _atomic_open(paths[0]) as fs, _atomic_open(paths[1]) as ft:
+    with atomic_open(paths[0]) as fs, atomic_open(paths[1]) as ft:
         for src_path, tgt_path in files:
             logger.info("%s: reading %s and %s", split, src_path, tgt_path)
             pairs = read_test_pairs(src_path, tgt_path) if split == "test" else iter_pairs(src_path, tgt_path)
@@ -463,8 +449,8 @@ def _encode_split(split: str, out_dir: str, src: str, tgt: str, sp, clean: Clean
     out_paths = [os.path.join(out_dir, f"{split}{kind}.{lang}")
                  for kind in ("", ".raw") for lang in (src, tgt)]
     total = count_lines(read_paths[0])
-    with _atomic_open(out_paths[0]) as es, _atomic_open(out_paths[1]) as et, \
-            _atomic_open(out_paths[2]) as rs, _atomic_open(out_paths[3]) as rt:
+    with atomic_open(out_paths[0]) as es, atomic_open(out_paths[1]) as et, \
+            atomic_open(out_paths[2]) as rs, atomic_open(out_paths[3]) as rt:
         src_lines: list[str] = []
         tgt_lines: list[str] = []
 

@@ -31,7 +31,6 @@ from fairseq_seqkd.checkpoint_io import load_checkpoint
 from fairseq_seqkd.data_prep import (
     CleanConfig,
     SplitStats,
-    _atomic_open,
     count_lines,
     iter_pairs,
     load_sentencepiece,
@@ -40,7 +39,7 @@ from fairseq_seqkd.data_prep import (
     token_drop_reason,
 )
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.io_utils import atomic_write_text, file_sha256
+from fairseq_seqkd.io_utils import atomic_open, atomic_write_text, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -499,8 +498,8 @@ def _encode_split(teacher: TeacherFolder, split: str, files: Sequence[tuple[str,
                 origin.append(where)
             yield s, t
 
-    with _atomic_open(paths[0]) as es_f, _atomic_open(paths[1]) as et_f, \
-            _atomic_open(paths[2]) as rs_f, _atomic_open(paths[3]) as rt_f:
+    with atomic_open(paths[0]) as es_f, atomic_open(paths[1]) as et_f, \
+            atomic_open(paths[2]) as rs_f, atomic_open(paths[3]) as rt_f:
         for i, (s, t, es, et) in enumerate(encode_pairs(teacher, readable(), workers)):
             ps, pt = es.split(), et.split()
             if split == "train":
