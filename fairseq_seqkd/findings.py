@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+SEQ_KD_WORD_KD = "seq_kd_word_kd"  # Seq-KD data with Word-KD throughout: where the combination starts
 COMBINED = "seq_kd_seq_inter_word_kd"
-STUDENTS = ["baseline", "word_kd", "seq_kd", "seq_inter", COMBINED]
+STUDENTS = ["baseline", "word_kd", "seq_kd", "seq_inter", SEQ_KD_WORD_KD, COMBINED]
 # thresholds, in BLEU points or ratios
 SEQ_KD_GAIN = 1.0  # (1) Seq-KD greedy >= baseline greedy + this
 GREEDY_GAP = 0.5  # (2) Seq-KD beam - greedy <= this

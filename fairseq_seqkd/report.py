@@ -15,7 +15,7 @@ import json
 import os
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.findings import COMBINED, STUDENTS, check_findings, findings_markdown
+from fairseq_seqkd.findings import COMBINED, SEQ_KD_WORD_KD, STUDENTS, check_findings, findings_markdown
 from fairseq_seqkd.io_utils import atomic_write_text
 from fairseq_seqkd.provenance import collect_provenance, provenance_lines
 
@@ -27,6 +27,7 @@ LABELS = {
     "word_kd": "Word-KD",
     "seq_kd": "Seq-KD",
     "seq_inter": "Seq-Inter",
+    SEQ_KD_WORD_KD: "Seq-KD + Word-KD",
     COMBINED: "Seq-KD + Seq-Inter + Word-KD",
     "pruned": "Pruned 80% (retrained)",
     "pruned_ct2_int8": "Pruned, CTranslate2 int8",

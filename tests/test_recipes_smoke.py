@@ -29,7 +29,8 @@ pytestmark = pytest.mark.recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 # The systems of the paper's Table 1 that every full run reports.
-SYSTEMS = ["teacher", "baseline", "word_kd", "seq_kd", "seq_inter", "seq_kd_seq_inter_word_kd", "pruned"]
+SYSTEMS = ["teacher", "baseline", "word_kd", "seq_kd", "seq_inter", "seq_kd_word_kd", "seq_kd_seq_inter_word_kd",
+           "pruned"]
 SHARDS = ["num_shards=2"]
 EXTRA_SIZES = {"news_a": 20, "news-b": 12}  # the extra test sets: plain text, and WMT SGML
 
@@ -172,7 +173,7 @@ def test_wmt14_en_de_smoke(smoke_runs):
     for corpus in ("seqkd", "seqinter"):
         assert sorted(p.name for p in (run / f"{corpus}-gen").glob("shard*.txt")) == ["shard0000.txt", "shard0001.txt"]
         assert json.loads((run / f"data-bin-{corpus}" / "train.extract.json").read_text())["sentences"] == 600
-    for cache in ("cache", "cache-seqinter"):
+    for cache in ("cache", "cache-seqkd", "cache-seqinter"):
         header = json.loads((run / cache / "train.header.json").read_text())
         assert header["num_shards"] == 2 and header["num_sentences"] == 600, header
     # pruned gradually (the smoke prune_args' 2-update ramp): 70% first, then the final 80%
@@ -181,15 +182,15 @@ def test_wmt14_en_de_smoke(smoke_runs):
     assert text.index("ratio 0.7)") < text.index("ratio 0.8)") < text.index("sparsity per class")
     # fine-tunes start from the student's last checkpoint at the fixed finetune_args rate (not a
     # restarted warm-up); the pruned retraining's prune_args come after and win
-    for log, start, lr in (("seq_inter", "baseline", 0.001), ("combined", "seq_kd", 0.001),
+    for log, start, lr in (("seq_inter", "baseline", 0.001), ("combined", "seq_kd_word_kd", 0.001),
                            ("pruned", "seq_kd_seq_inter_word_kd", 0.002)):
         text = (run / "logs" / f"train_{log}.log").read_text()
         assert f"loading pretrained model from {start}/checkpoint_last.pt" in text, log
         assert "'lr_scheduler': {'_name': 'fixed', " in text and f"'lr': [{lr}]}}" in text, log
     # the students of the teacher's translations learn by plain likelihood (distill_args); the
     # baseline keeps the recipe's label smoothing
-    for log, eps in (("baseline", 0.1), ("seq_kd", 0.0), ("seq_inter", 0.0), ("combined", 0.0),
-                     ("pruned", 0.0)):
+    for log, eps in (("baseline", 0.1), ("seq_kd", 0.0), ("seq_inter", 0.0), ("seq_kd_word_kd", 0.0),
+                     ("combined", 0.0), ("pruned", 0.0)):
         text = (run / "logs" / f"train_{log}.log").read_text()
         assert f"'label_smoothing': {eps}" in text and text.count("'label_smoothing': ") == 1, log
     # a training records the checkpoint it passes on; the teacher's is its best, a student's its last
@@ -220,7 +221,7 @@ def test_rerun_runs_nothing(wmt_copy, smoke_runs):
 def test_dry_run_shows_the_plan(tmp_path):
     plan = run_recipe("wmt14_en_de.sh", tmp_path / "fresh", "-n", "--config", *SHARDS)
     jobs = planned(plan)
-    assert jobs["train_teacher"] == 1 and jobs["generate_shard"] == 4 and jobs["cache_shard"] == 4, jobs
+    assert jobs["train_teacher"] == 1 and jobs["generate_shard"] == 4 and jobs["cache_shard"] == 6, jobs
     assert jobs["evaluate"] == len(SYSTEMS) and jobs["prune_point"] == 1, jobs
     assert re.search(r"rule train_teacher:.*?reason: Missing output files: teacher/train.done", plan.stdout, re.S)
     assert not (tmp_path / "fresh" / "data-bin").exists()
@@ -232,8 +233,8 @@ def test_changed_student_size_reruns_the_students_only(wmt_copy, smoke_runs):
                " --decoder-ffn-embed-dim, 32, --encoder-attention-heads, 2, --decoder-attention-heads, 2]")
     plan = run_recipe("wmt14_en_de.sh", wmt_copy, "-n", "--config", *SHARDS, student, **smoke_runs["env"])
     jobs = planned(plan)
-    for rule in ("train_baseline", "train_word_kd", "train_seq_kd", "train_seq_inter", "train_combined",
-                 "train_pruned", "prune_point", "export", "check_export", "evaluate_ct2", "report"):
+    for rule in ("train_baseline", "train_word_kd", "train_seq_kd", "train_seq_inter", "train_seq_kd_word_kd",
+                 "train_combined", "train_pruned", "prune_point", "export", "check_export", "evaluate_ct2", "report"):
         assert jobs.get(rule) == 1, (rule, jobs)
     assert jobs["evaluate"] == len(SYSTEMS) - 1, jobs  # every student, not the teacher
     for rule in ("prepare", "binarize", "train_teacher", "generate_shard", "extract", "cache_shard", "cache_merge"):
