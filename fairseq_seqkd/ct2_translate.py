@@ -50,7 +50,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.io_utils import atomic_open, atomic_write_text
+from fairseq_seqkd.io_utils import atomic_open, atomic_write_text, count_text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -223,12 +223,7 @@ def count_source_lines(path: str) -> int:
     """Lines of the source file, as :func:`_source_lines` reads them."""
     if not os.path.exists(path):
         raise UserError(f"{path}: no such source file")
-    n, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            n += block.count(b"\n")
-            last = block[-1:]
-    return n + (last != b"\n")  # a last line without its newline
+    return count_text_lines(path)
 
 
 def shard_range(lines: int, num_shards: int, shard_id: int) -> tuple[int, int]:

@@ -51,6 +51,7 @@ import numpy as np
 
 from fairseq_seqkd.data_prep import load_sentencepiece, normalize_line
 from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.io_utils import count_text_lines
 from fairseq_seqkd.sentence_bleu import SentenceBLEU
 from fairseq_seqkd.seq_inter import TIE_TOLERANCE
 
@@ -74,12 +75,7 @@ def count_lines(path: str) -> int:
     """Lines of a file as a line-aligned file counts them: newlines, plus a last line without one."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
-    lines, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            lines += block.count(b"\n")
-            last = block[-1:]
-    return lines + (last != b"\n")
+    return count_text_lines(path)
 
 
 def _decode(path: str, raw: list[bytes], first: int) -> list[str]:
