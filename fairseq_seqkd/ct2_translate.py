@@ -28,8 +28,10 @@ fairseq forces EOS there, CTranslate2 stops without it.
 
 Tokenization: the source is pieces separated by spaces (the encoded training data), or raw text
 with ``source_spm`` (a sentencepiece model: OPUS-MT's ``source.spm``, the recipes' ``spm.model``).
-The output text is detokenized with ``target_spm``, else with fairseq's ``post_process``
-(``sentencepiece``, ``subword_nmt``, ...), else the pieces joined by spaces; ``tokenized_output``
+The output text is detokenized with ``target_spm``, else with fairseq's ``--tokenizer``/``--bpe``
+options (a zoo teacher's ``--tokenizer moses --bpe subword_nmt --bpe-codes FILE``: the text of
+fairseq-generate's D- lines), else with fairseq's ``post_process`` (``sentencepiece``,
+``subword_nmt``, ...), else the pieces joined by spaces; ``tokenized_output``
 keeps the pieces.
 
 Sharding: shard I of N is the contiguous block of lines ``[I*L//N, (I+1)*L//N)`` of the L source
@@ -77,6 +79,14 @@ class TranslateConfig:
     target_spm: str | None = field(default=None, metadata={"help": "sentencepiece model that detokenizes the output"})
     post_process: str | None = field(default=None, metadata={"help": "fairseq's --post-process for the output"})
     tokenized_output: bool = field(default=False, metadata={"help": "write the output pieces, not detokenized"})
+    # fairseq-generate's --tokenizer / --bpe options: the output is detokenized as its D- lines are
+    tokenizer: str | None = field(default=None, metadata={"help": "fairseq's --tokenizer (moses, space)"})
+    bpe: str | None = field(default=None, metadata={"help": "fairseq's --bpe (subword_nmt, sentencepiece)"})
+    bpe_codes: str | None = field(default=None, metadata={"help": "fairseq's --bpe-codes (subword_nmt)"})
+    sentencepiece_model: str | None = field(default=None, metadata={"help": "fairseq's --sentencepiece-model"})
+    moses_no_dash_splits: bool = field(default=False, metadata={"help": "fairseq's --moses-no-dash-splits"})
+    moses_no_escape: bool = field(default=False, metadata={"help": "fairseq's --moses-no-escape"})
+    target_lang: str | None = field(default=None, metadata={"help": "the output's language (Moses detokenizes by it)"})
     compute_type: str = field(default="default", metadata={"help": "CTranslate2 compute type"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0: CTranslate2 chooses)"})
 
@@ -139,10 +149,10 @@ def translate_tokens(translator, sources: list[list[str]], beam: int = 1, batch_
     return CT2Output(hyps, scores, time.perf_counter() - start)
 
 
-def generate_format(sources: list[str], out: CT2Output, post_process: str | None = None,
-                    first_id: int = 0, timing: bool = True, target_spm: str | None = None) -> str:
+def generate_format(sources: list[str], out: CT2Output, cfg: TranslateConfig | None = None,
+                    first_id: int = 0, timing: bool = True) -> str:
     """fairseq-generate's text output for these translations (S-, H-, D- and the timing line)."""
-    detok = _detokenizer(target_spm, post_process)
+    detok = _detokenizer(cfg or TranslateConfig())
     lines = []
     for i, (src, hyps, scores) in enumerate(zip(sources, out.nbest, out.nbest_scores), start=first_id):
         lines.append(f"S-{i}\t{src}")
@@ -160,29 +170,35 @@ def timing_line(sentences: int, tokens: int, seconds: float) -> str:
             f"({rate:.2f} sentences/s, {tokens / max(seconds, 1e-9):.2f} tokens/s)")
 
 
-def _detokenizer(target_spm: str | None, post_process: str | None):
-    """pieces -> text: with the sentencepiece model, else fairseq's post_process, else joined by spaces."""
+def _detokenizer(cfg: TranslateConfig):
+    """pieces -> text: with the target sentencepiece model, else fairseq's --tokenizer/--bpe (as
+    fairseq-generate's D- lines), else fairseq's post_process, else the pieces joined by spaces."""
     from fairseq_seqkd.data_prep import normalize_line
 
-    if target_spm:
+    if cfg.target_spm:
         from fairseq_seqkd.data_prep import load_sentencepiece
 
-        sp = load_sentencepiece(target_spm)
+        sp = load_sentencepiece(cfg.target_spm)
         # one line of text whatever the model decodes to: the outputs are line and tab separated
         return lambda pieces: normalize_line(sp.decode(pieces))
-    if post_process:
+    if cfg.bpe or cfg.tokenizer:
+        from fairseq_seqkd.text_codec import TextCodec
+
+        codec = TextCodec(cfg.bpe or "", cfg.bpe_codes or cfg.sentencepiece_model or "", cfg.target_lang or "",
+                          cfg.tokenizer, cfg.moses_no_dash_splits, cfg.moses_no_escape)
+        return lambda pieces: normalize_line(codec.decode(" ".join(pieces)))
+    if cfg.post_process:
         from fairseq.data.data_utils import post_process as fairseq_post_process
 
-        return lambda pieces: normalize_line(fairseq_post_process(" ".join(pieces), post_process))
+        return lambda pieces: normalize_line(fairseq_post_process(" ".join(pieces), cfg.post_process))
     return lambda pieces: " ".join(pieces)
 
 
 def format_chunk(cfg: TranslateConfig, first_id: int, sources: list[str], out: CT2Output) -> str:
     """One chunk's output text in ``cfg.output_format`` (no timing line)."""
     if cfg.output_format == "generate":
-        return generate_format(sources, out, cfg.post_process, first_id, timing=False, target_spm=cfg.target_spm)
-    detok = (lambda pieces: " ".join(pieces)) if cfg.tokenized_output else _detokenizer(cfg.target_spm,
-                                                                                         cfg.post_process)
+        return generate_format(sources, out, cfg, first_id, timing=False)
+    detok = (lambda pieces: " ".join(pieces)) if cfg.tokenized_output else _detokenizer(cfg)
     lines = []
     for i, (hyps, scores) in enumerate(zip(out.nbest, out.nbest_scores), start=first_id):
         if cfg.output_format == "text":
@@ -200,6 +216,13 @@ def _check_config(cfg: TranslateConfig) -> None:
                         "and the beam")
     if cfg.output_format == "text" and cfg.nbest != 1:
         raise UserError("--output-format text writes one translation per line; use kbest for --nbest > 1")
+    if cfg.bpe is not None and cfg.bpe not in ("subword_nmt", "sentencepiece"):
+        raise UserError(f"--bpe {cfg.bpe}: CTranslate2 output is detokenized with subword_nmt or sentencepiece")
+    if cfg.bpe and not (cfg.bpe_codes if cfg.bpe == "subword_nmt" else cfg.sentencepiece_model):
+        raise UserError(f"--bpe {cfg.bpe} needs its model: "
+                        f"{'--bpe-codes' if cfg.bpe == 'subword_nmt' else '--sentencepiece-model'} FILE")
+    if cfg.tokenizer == "moses" and not cfg.target_lang:
+        raise UserError("--tokenizer moses detokenizes by language: give --target-lang")
     if not 0 <= cfg.shard_id < cfg.num_shards:
         raise UserError(f"--shard-id {cfg.shard_id} with --num-shards {cfg.num_shards}: "
                         "the shard id must be 0 .. num_shards - 1")

@@ -18,7 +18,6 @@ it shares the teacher's vocabulary (Word-KD needs that) and the teacher can tran
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import logging
@@ -40,6 +39,7 @@ from fairseq_seqkd.data_prep import (
 )
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.io_utils import atomic_open, atomic_write_text, file_sha256
+from fairseq_seqkd.text_codec import BPES, TOKENIZERS, TextCodec
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,6 @@ MANIFEST = "teacher.json"
 # the names fairseq's hub loader (hub_utils.from_pretrained) gives these files, and common others
 CODES_NAMES = ("bpecodes", "code", "codes", "bpe.codes")
 SPM_NAMES = ("sentencepiece.bpe.model", "spm.model", "sentencepiece.model")
-BPES = ("subword_nmt", "sentencepiece")
-TOKENIZERS = ("moses", "space", "none")
 NSPECIAL = 4  # <s> <pad> </s> <unk>: fairseq's Dictionary adds them before the file's symbols
 DEFAULT_MAX_POSITIONS = 1024  # fairseq's transformer default, for checkpoints that do not say
 ENCODE_CHUNK = 2000  # pairs per work item: bounded memory, and enough work to amortize the pool
@@ -387,31 +385,12 @@ def read_teacher_folder(folder: str, src: str, tgt: str, cfg: TeacherFolderConfi
 # Encoding text as the teacher's training data was
 
 
-class TeacherEncoder:
+class TeacherEncoder(TextCodec):
     """One language's text to the teacher's subword tokens and back, with fairseq's own encoders."""
 
     def __init__(self, teacher: TeacherFolder, lang: str):
-        from fairseq.data.encoders import build_bpe, build_tokenizer
-
-        # the Moses tokenizer takes its language from source_lang (encode) and target_lang (decode)
-        self.tokenizer = build_tokenizer(argparse.Namespace(
-            tokenizer=teacher.tokenizer, source_lang=lang, target_lang=lang,
-            moses_no_dash_splits=teacher.moses_no_dash_splits, moses_no_escape=teacher.moses_no_escape))
-        self.bpe = build_bpe(argparse.Namespace(
-            bpe=teacher.bpe, bpe_codes=teacher.bpe_file, bpe_separator="@@",
-            sentencepiece_model=teacher.bpe_file, sentencepiece_enable_sampling=False, sentencepiece_alpha=None))
-
-    def encode(self, line: str) -> str:
-        """Tokenize, then apply the subword model (fairseq's GeneratorHubInterface.encode, before binarizing)."""
-        if self.tokenizer is not None:
-            line = self.tokenizer.encode(line)
-        # one space between tokens: what fairseq's tokenize_line splits again
-        return " ".join(self.bpe.encode(line).split())
-
-    def decode(self, line: str) -> str:
-        """Undo the subword model, then detokenize (fairseq-generate's D- lines)."""
-        line = self.bpe.decode(line)
-        return self.tokenizer.decode(line) if self.tokenizer is not None else line
+        super().__init__(teacher.bpe, teacher.bpe_file, lang, teacher.tokenizer,
+                         teacher.moses_no_dash_splits, teacher.moses_no_escape)
 
 
 _WORKER: tuple[TeacherEncoder, TeacherEncoder] | None = None

@@ -178,7 +178,7 @@ def test_sentencepiece_round_trip(toy_corpus, tmp_path):
     lines = (toy_corpus / "test.en").read_text(encoding="utf-8").splitlines()
     pieces = encode_lines(load_sentencepiece(model), lines, threads=1)
     assert any(len(p) > len(t.split()) for p, t in zip(pieces, lines))  # words were split into pieces
-    detok = _detokenizer(model, None)
+    detok = _detokenizer(TranslateConfig(target_spm=model))
     assert [detok(p) for p in pieces] == lines
 
 

@@ -51,6 +51,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "(sentencepiece, subword_nmt, ...); default: the output tokens joined by spaces")
     p.add_argument("--tokenized-output", action="store_true",
                    help="kbest/text: write the output pieces, not the detokenized text")
+    for name in ("tokenizer", "bpe", "bpe-codes", "sentencepiece-model"):
+        p.add_argument(f"--{name}", default=None,
+                       help="as fairseq-generate's option: the output is detokenized as its D- lines")
+    p.add_argument("--target-lang", default=None, help="the output's language (--tokenizer moses detokenizes by it)")
+    p.add_argument("--moses-no-dash-splits", action="store_true", help="as fairseq-generate's option")
+    p.add_argument("--moses-no-escape", action="store_true", help="as fairseq-generate's option")
     p.add_argument("--compute-type", default=d.compute_type,
                    help="CTranslate2 compute type (default: the model's quantization)")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads (default 0: CTranslate2 chooses)")
@@ -63,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         num_shards=args.num_shards, shard_id=args.shard_id, chunk_sentences=args.chunk_sentences,
         source_spm=args.source_spm or args.spm, target_spm=args.target_spm or args.spm,
         post_process=args.post_process, tokenized_output=args.tokenized_output,
-        compute_type=args.compute_type, threads=args.threads)
+        compute_type=args.compute_type, threads=args.threads, tokenizer=args.tokenizer, bpe=args.bpe,
+        bpe_codes=args.bpe_codes, sentencepiece_model=args.sentencepiece_model, target_lang=args.target_lang,
+        moses_no_dash_splits=args.moses_no_dash_splits, moses_no_escape=args.moses_no_escape)
     print(json.dumps(translate_file(args.model_dir, args.source, args.out, cfg)))
     return 0
 
