@@ -21,6 +21,9 @@ die() { echo "error: $*" >&2; exit 2; }
 
 utc_now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 
+# yaml_string TEXT: TEXT as a YAML single-quoted string (a quote inside is doubled)
+yaml_string() { printf "'%s'" "${1//\'/\'\'}"; }
+
 # provenance_start RUN_DIR: RUN_DIR/provenance/invocation-STAMP-PID.txt, one `key value` a line
 # (read by fairseq_seqkd/provenance.py into the report): the command as typed, where it ran, the
 # checkout's commit and the environment the recipe reads; provenance_end appends the end and exit
@@ -41,7 +44,7 @@ provenance_start() {
     echo "command bash ${quoted% }"
     echo "commit $commit"
     echo "uncommitted_changes $dirty"
-    for var in RUN RAW_DIR ARCH SMOKE CONFIGFILE OMP_NUM_THREADS MKL_NUM_THREADS CUDA_VISIBLE_DEVICES; do
+    for var in RUN RAW_DIR TEACHER_DIR TEACHER_ENGINE TEACHER_CT2 ARCH SMOKE CONFIGFILE OMP_NUM_THREADS MKL_NUM_THREADS CUDA_VISIBLE_DEVICES; do
       if [ -n "${!var+x}" ]; then echo "env $var=${!var}"; fi
     done
   } >"$PROVENANCE"
@@ -73,15 +76,32 @@ run_pipeline() {
   done
   mkdir -p "$run"
   run="$(cd "$run" && pwd)"
+  # the environment's settings, a layer of their own (RAW_DIR=... is raw_dir: ..., and so on)
+  local env_layer="$run/.environment.yaml" lines="" path
+  rm -f "$run/.raw_dir.yaml"  # its former name
   if [ -n "${RAW_DIR:-}" ]; then
     mkdir -p "$RAW_DIR"
-    local raw
-    raw="$(cd "$RAW_DIR" && pwd)"
-    # a YAML single-quoted string: a quote inside is doubled
-    printf "# written by the recipe from RAW_DIR\nraw_dir: '%s'\n" "${raw//\'/\'\'}" >"$run/.raw_dir.yaml"
-    configs+=("$run/.raw_dir.yaml")
+    lines+="raw_dir: $(yaml_string "$(cd "$RAW_DIR" && pwd)")"$'\n'
+  fi
+  if [ -n "${TEACHER_DIR:-}" ]; then
+    [ -d "$TEACHER_DIR" ] || die "TEACHER_DIR: $TEACHER_DIR is not a folder"
+    lines+="teacher_dir: $(yaml_string "$(cd "$TEACHER_DIR" && pwd)")"$'\n'
+  fi
+  if [ -n "${TEACHER_CT2:-}" ]; then
+    [ -d "$TEACHER_CT2" ] || die "TEACHER_CT2: $TEACHER_CT2 is not a folder"
+    lines+="teacher_ct2: $(yaml_string "$(cd "$TEACHER_CT2" && pwd)")"$'\n'
+    lines+="teacher_engine: ct2"$'\n'
+  fi
+  if [ -n "${TEACHER_ENGINE:-}" ]; then
+    case "$TEACHER_ENGINE" in fairseq|ct2) ;; *) die "TEACHER_ENGINE=$TEACHER_ENGINE: use fairseq or ct2";; esac
+    lines+="teacher_engine: $TEACHER_ENGINE"$'\n'
+  fi
+  if [ -n "$lines" ]; then
+    printf '# written by the recipe from the environment (RAW_DIR, TEACHER_DIR, TEACHER_ENGINE, TEACHER_CT2)\n%s' \
+      "$lines" >"$env_layer"
+    configs+=("$env_layer")
   else
-    rm -f "$run/.raw_dir.yaml"
+    rm -f "$env_layer"
   fi
   command -v snakemake >/dev/null || die "snakemake is not on PATH: run 'make install' and 'source .venv/bin/activate'"
   local cmd=(snakemake --snakefile "$RECIPES/Snakefile" --directory "$run" --configfile "${configs[@]}")

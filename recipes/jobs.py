@@ -272,6 +272,19 @@ def check_config(config: dict, known: set[str]) -> None:
         for split in ("train", "valid", "test"):
             raw_pairs(config, split)
     test_sets(config)
+    if config["teacher_engine"] not in ("fairseq", "ct2"):
+        raise ValueError(f"teacher_engine: {config['teacher_engine']!r}; use fairseq (fairseq-generate) or ct2 "
+                         "(CTranslate2)")
+    if config["teacher_ct2"] and config["teacher_engine"] != "ct2":
+        raise ValueError("teacher_ct2 is a CTranslate2 teacher: set teacher_engine: ct2 as well (TEACHER_ENGINE=ct2)")
+    if config["teacher_ct2"] and config["teacher_dir"]:
+        raise ValueError("teacher_dir and teacher_ct2 are two teachers: give one (a fairseq teacher folder's own "
+                         "CTranslate2 export is teacher_dir with teacher_engine: ct2)")
+    if config["teacher_ct2"] and not os.path.isfile(os.path.join(absolute(config["teacher_ct2"]), "model.bin")):
+        raise ValueError(f"teacher_ct2: {absolute(config['teacher_ct2'])} is not a CTranslate2 model folder (no "
+                         "model.bin): convert the model with CTranslate2's converter first (docs/any-teacher.md)")
+    if config["teacher_dir"] and config["corpus"] != "prepare":
+        raise ValueError("teacher_dir needs raw text (corpus: prepare): the toy corpus is already tokenized")
 
 
 # an extra test set's name is a folder name (results/NAME/, eval/NAME/); these are taken
@@ -305,6 +318,42 @@ def test_sets(config: dict) -> dict[str, tuple[str, str]]:
             raise ValueError(f"extra_test_sets: the name {name!r} is given twice; each test set needs its own name")
         sets[name] = (os.path.join(config["raw_dir"], src), os.path.join(config["raw_dir"], ref))
     return sets
+
+
+def length_bounds(generate_args: Sequence | None) -> list[str]:
+    """fairseq-generate's --max-len-a/--max-len-b among ``generate_args`` (ct2-translate takes the same)."""
+    options, out = args(generate_args), []
+    for i, option in enumerate(options[:-1]):
+        if option in ("--max-len-a", "--max-len-b"):
+            out += [option, options[i + 1]]
+    return out
+
+
+def teacher_folder(folder: str, src: str, tgt: str, teacher_args: Sequence | None,
+                   student_arch: Sequence | None) -> dict:
+    """Check a fairseq teacher folder when the run is planned (``fairseq-seqkd teacher-data`` without
+    split files): its checkpoint, dictionaries, language pair and subword model, before any job starts.
+
+    Returns the command's report: ``teacher`` (the checkpoint, absolute), ``encoder_args`` (the
+    fairseq-generate options that print detokenized text), ``joined``. A bad folder is a ValueError
+    with the command's message. Students that share all embeddings need the teacher's joined dictionary.
+    """
+    folder = absolute(folder)
+    cmd = ["fairseq-seqkd", "teacher-data", "--teacher-dir", folder, "--src", src, "--tgt", tgt, *args(teacher_args)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(1))
+    except FileNotFoundError as e:
+        raise ValueError(f"teacher_dir: cannot check {folder}: {e}; run 'make install'") from e
+    if proc.returncode != 0:
+        lines = [x for x in proc.stderr.splitlines() if "error" in x.lower()] or proc.stderr.splitlines()[-5:]
+        raise ValueError(f"teacher_dir: {folder} cannot be this run's teacher:\n" + "\n".join(lines))
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    info["teacher"] = absolute(info["teacher"])
+    if not info["joined"] and "--share-all-embeddings" in args(student_arch):
+        raise ValueError(f"teacher_dir: {folder} has two dictionaries (dict.{src}.txt and dict.{tgt}.txt differ), "
+                         "so its students cannot share all embeddings: remove --share-all-embeddings from "
+                         "student_arch (or use --share-decoder-input-output-embed)")
+    return info
 
 
 def absolute(path: str) -> str:
