@@ -5,6 +5,9 @@
 # The environment a recipe reads (everything else is a setting: recipes/config/defaults.yaml):
 #   RUN          the run folder (default runs/<recipe>)
 #   RAW_DIR      where the raw data files are, or go (default RUN/raw)
+#   TEACHER_DIR  a fairseq teacher folder to distill instead of training one (setting teacher_dir)
+#   TEACHER_ENGINE  fairseq (default) or ct2: who translates the training set (teacher_engine)
+#   TEACHER_CT2  any CTranslate2 model folder as the teacher (teacher_ct2; implies TEACHER_ENGINE=ct2)
 #   ARCH         transformer (default) or lstm: adds recipes/config/<recipe>.lstm.yaml
 #   SMOKE=1      tiny models and a tiny synthetic corpus: adds config/smoke.yaml (and its lstm and
 #                per-recipe layers)
@@ -56,7 +59,7 @@ provenance_end() {
 }
 
 # run_pipeline RUN_DIR CONFIG... -- SNAKEMAKE_ARGS...: the layers in order, then CONFIGFILE's,
-# then a generated one for RAW_DIR; Snakemake's own arguments last.
+# then a generated one for RAW_DIR and the TEACHER_* variables; Snakemake's own arguments last.
 run_pipeline() {
   local run="$1"; shift
   local configs=() arg

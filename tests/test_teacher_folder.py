@@ -272,3 +272,46 @@ def test_training_split_streamed_by_workers(zoo, tmp_path):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     assert max(len(x.split()) for x in (tmp_path / "one" / "train.de").read_text(encoding="utf-8").splitlines()) <= 30
     assert two["splits"]["train"] == stats
+
+
+@pytest.mark.recipes
+def test_recipe_distills_the_zoo_teacher_with_ctranslate2(zoo, tmp_path):
+    """The WMT14 recipe (SMOKE) with TEACHER_DIR and TEACHER_ENGINE=ct2: the zoo teacher is not trained;
+    the data are its Moses + BPE tokens over its dictionaries; its CTranslate2 export translates the
+    training set; every student, Word-KD included, learns from it; each system is scored on detokenized text."""
+    from test_recipes_smoke import run_recipe
+
+    layer = tmp_path / "zoo.yaml"
+    layer.write_text(f"data_script: null\nraw_dir: '{zoo['raw']}'\n"
+                     + "".join(f"{split}_files: [[{split}.en, {split}.de]]\n" for split in ("train", "valid", "test")),
+                     encoding="utf-8")
+    run = tmp_path / "run"
+    proc = run_recipe("wmt14_en_de.sh", run, "-j", "2", CONFIGFILE=str(layer), TEACHER_DIR=str(zoo["folder"]),
+                      TEACHER_ENGINE="ct2")
+    assert not (run / "teacher" / "checkpoint_best.pt").exists()  # not trained
+    done = json.loads((run / "teacher" / "train.done").read_text())
+    assert done["checkpoint"] == str((zoo["folder"] / "model.pt").resolve())
+    for lang in ("en", "de"):  # the teacher's dictionaries, and its encoding of the text
+        assert (run / "data-bin" / f"dict.{lang}.txt").read_bytes() == (zoo["folder"] / f"dict.{lang}.txt").read_bytes()
+        lines = (zoo["raw"] / f"valid.{lang}").read_text(encoding="utf-8").splitlines()
+        assert (run / "prepared" / f"valid.{lang}").read_text(encoding="utf-8").splitlines() == \
+            [zoo["ref"].encode(x, lang) for x in lines]
+    assert (run / "teacher-export" / "ct2" / "model.bin").exists()
+    assert "ct2-translate" in proc.stderr and "generate_shard" in proc.stderr
+    report = json.loads((run / "report.json").read_text())
+    systems = report["systems"]
+    for name in ("teacher", "baseline", "word_kd", "seq_kd", "seq_inter", "seq_kd_word_kd",
+                 "seq_kd_seq_inter_word_kd", "pruned", "pruned_ct2_int8"):
+        assert systems[name]["sentences"] == SIZES["test"], name
+    # D- lines detokenized by Moses, as the references are: no BPE joints, no escaped quotes
+    output = (run / "eval" / "teacher.beam.txt").read_text(encoding="utf-8")
+    hyps = re.findall(r"^D-\d+\t[^\t]*\t(.*)$", output, re.M)
+    assert len(hyps) == SIZES["test"] and not any("@@" in h or "&quot;" in h for h in hyps)
+    for corpus in ("seqkd", "seqinter"):  # every training sentence has the teacher's translation
+        extract = json.loads((run / f"data-bin-{corpus}" / "train.extract.json").read_text())
+        assert extract["written"] == extract["sentences"] == done_pairs(run)
+
+
+def done_pairs(run: Path) -> int:
+    """The training pairs the data step kept (prepared/teacher.json)."""
+    return json.loads((run / "prepared" / "teacher.json").read_text())["splits"]["train"]["kept"]
