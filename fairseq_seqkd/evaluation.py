@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fairseq_seqkd.errors import UserError
@@ -112,6 +113,27 @@ def evaluate_generation(gen_path: str, ref_path: str, src_path: str | None = Non
         "words_per_s": round(src_words / gen.seconds, 1) if gen.seconds else None,
     }
     return result
+
+
+def score_system(results_dir: str, name: str, outputs: Sequence[tuple[str, str, str | None]] = (),
+                 ref: str | None = None, src: str | None = None, tokenize: str = "13a",
+                 checkpoint: str | None = None, validate_log: str | None = None,
+                 extra: dict | None = None) -> tuple[dict, str]:
+    """Score (output, 'greedy' or 'beam', its log) runs, parameters and perplexity into RESULTS_DIR/NAME.json."""
+    values: dict = {}
+    for path, decoding, log in outputs:
+        if not ref or decoding not in ("greedy", "beam"):
+            raise UserError(f"{path}: scoring a generation output needs the reference (--ref) and its "
+                            f"decoding (greedy or beam; got {decoding!r})")
+        res = evaluate_generation(path, ref, src, tokenize, log)
+        values.update({f"bleu_{decoding}": res["bleu"], f"words_per_s_{decoding}": res["words_per_s"],
+                       "bleu_signature": res["bleu_signature"], "sentences": res["sentences"]})
+    if checkpoint:
+        values.update(count_parameters(checkpoint))
+    if validate_log:
+        values["ppl"] = parse_ppl(validate_log)
+    values.update(extra or {})
+    return values, update_system_result(results_dir, name, values)
 
 
 def update_system_result(results_dir: str, name: str, values: dict) -> str:
