@@ -27,6 +27,7 @@ SUBCOMMANDS = [
     "export",
     "ct2-translate",
     "evaluate",
+    "evaluate-checkpoint",
     "report",
 ]
 

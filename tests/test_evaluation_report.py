@@ -11,11 +11,11 @@ import sys
 from datetime import UTC, datetime
 
 import pytest
-from conftest import BIN
+from conftest import BIN, plugin_dir
 from sacrebleu.metrics import BLEU
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.evaluation import evaluate_generation, update_system_result
+from fairseq_seqkd.evaluation import evaluate_generation, score_system, update_system_result
 from fairseq_seqkd.provenance import collect_provenance, provenance_lines
 from fairseq_seqkd.report import KEYS, collect, write_report
 
@@ -170,3 +170,78 @@ def test_report_command_prints_no_debug_lines(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "DEBUG" not in proc.stderr and "DEBUG" not in proc.stdout, proc.stderr[:2000]
         assert (tmp_path / "bleu_vs_speed.png").exists()  # matplotlib did run
+
+
+# ---- evaluate-checkpoint: fairseq-generate, fairseq-validate and the scoring in one process ----
+
+def _generate_args(data_bin, ckpt, beam: int) -> list[str]:
+    """fairseq-generate's arguments as the Snakefile builds them (generate_cmd), program name left out."""
+    return [str(data_bin), "--user-dir", plugin_dir(), "--task", "translation", "--source-lang", "en",
+            "--target-lang", "de", "--path", str(ckpt),
+            "--gen-subset", "test", "--beam", str(beam), "--nbest", "1", "--batch-size", "16",
+            "--required-batch-size-multiple", "1", "--distributed-world-size", "1", "--num-workers", "0", "--cpu"]
+
+
+def test_evaluate_checkpoint_writes_what_the_separate_commands_write(toy_teacher, toy_data_bin, toy_corpus, tmp_path):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    beam = _generate_args(toy_data_bin, toy_teacher, 5)
+    # today's way, for beam 5: fairseq-generate's own process, then the scoring
+    with open(tmp_path / "old.beam.txt", "w") as out, open(tmp_path / "old.beam.txt.log", "w") as err:
+        subprocess.run([str(BIN / "fairseq-generate"), *beam], stdout=out, stderr=err, env=env, check=True)
+    score = ["--ref", str(toy_corpus / "test.de"), "--src", str(toy_corpus / "test.en"), "--name", "teacher",
+             "--checkpoint", str(toy_teacher)]
+    old_beam = str(tmp_path / "old.beam.txt")
+    score_system(str(tmp_path / "old"), "teacher", [(old_beam, "beam", old_beam + ".log")],
+                 str(toy_corpus / "test.de"), str(toy_corpus / "test.en"), checkpoint=str(toy_teacher))  # evaluate's
+    validate = [str(toy_data_bin), "--user-dir", plugin_dir(), "--task", "translation", "--path", str(toy_teacher),
+                "--valid-subset", "test",
+                "--max-tokens", "2000", "--required-batch-size-multiple", "1", "--cpu"]
+    new = tmp_path / "eval"
+    proc = subprocess.run(
+        [str(BIN / "fairseq-seqkd"), "evaluate-checkpoint", "--greedy-output", str(new / "greedy.txt"),
+         "--beam-output", str(new / "beam.txt"), "--validate-output", str(new / "validate.txt"), *score,
+         "--results-dir", str(tmp_path / "new"), "--set", "prune_ratio=0.5",
+         ":::", "greedy", *_generate_args(toy_data_bin, toy_teacher, 1), ":::", "beam", *beam,
+         ":::", "validate", *validate], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (new / "beam.txt").read_bytes() == (tmp_path / "old.beam.txt").read_bytes()  # S-/T-/H-/D-/P- lines
+    greedy = (new / "greedy.txt").read_text()
+    assert greedy.count("\nD-") + greedy.startswith("D-") == 61 and "| INFO |" not in greedy  # no log line in it
+    for name in ("greedy", "beam"):
+        assert "Translated 61 sentences" in (new / f"{name}.txt.log").read_text()
+    assert "valid on 'test' subset" in (new / "validate.txt").read_text()
+    assert "greedy: fairseq-generate" in proc.stderr and "validate: done in" in proc.stderr  # the job's log
+    old = json.loads((tmp_path / "old" / "teacher.json").read_text())
+    res = json.loads((tmp_path / "new" / "teacher.json").read_text())
+    for key in ("bleu_beam", "bleu_signature", "sentences", "params", "nonzero_params"):
+        assert res[key] == old[key], key
+    assert res["ppl"] > 1 and res["prune_ratio"] == 0.5 and res["words_per_s_greedy"] > 0
+    assert "bleu_greedy" in res and not list(new.glob("*.tmp"))
+
+
+def test_evaluate_checkpoint_failure_leaves_a_log_and_no_output(toy_teacher, toy_data_bin, tmp_path):
+    from fairseq_seqkd.evaluate_checkpoint import FairseqRun, FairseqRunFailed, run_fairseq
+
+    ok = FairseqRun("greedy", _generate_args(toy_data_bin, toy_teacher, 1), str(tmp_path / "ok.txt"))
+    run_fairseq(ok)  # twice in one process: fairseq's registries and the --user-dir import allow it
+    missing = FairseqRun("beam", _generate_args(toy_data_bin, tmp_path / "none.pt", 5), str(tmp_path / "beam.txt"))
+    with pytest.raises(FairseqRunFailed) as e:
+        run_fairseq(missing)
+    assert "none.pt" in str(e.value) and "Traceback" in str(e.value)
+    assert not (tmp_path / "beam.txt").exists() and "none.pt" in (tmp_path / "beam.txt.log").read_text()
+    bad = FairseqRun("validate", ["--no-such-option"], str(tmp_path / "validate.txt"))
+    with pytest.raises(FairseqRunFailed) as e:  # fairseq's parser exits; this process goes on
+        run_fairseq(bad)
+    assert "--no-such-option" in str(e.value) and not (tmp_path / "validate.txt").exists()
+    assert "Translated 61 sentences" in (tmp_path / "ok.txt.log").read_text()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_evaluate_checkpoint_runs_are_parsed_strictly():
+    from fairseq_seqkd.evaluate_checkpoint import parse_runs
+
+    assert parse_runs([":::", "greedy", "data", "--beam", "1", ":::", "validate", "data"]) == [
+        ("greedy", ["data", "--beam", "1"]), ("validate", ["data"])]
+    for words in (["data"], [":::", "sample", "data"], [":::", "beam", "a", ":::", "beam", "b"], [":::"]):
+        with pytest.raises(UserError):
+            parse_runs(words)

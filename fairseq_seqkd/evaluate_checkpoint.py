@@ -1,0 +1,154 @@
+"""Evaluate one checkpoint in one process: fairseq-generate (greedy, beam), fairseq-validate, scoring.
+
+Importing fairseq costs seconds of CPU in every process, and an evaluation used to start four
+(two fairseq-generate, fairseq-validate, the scoring). Here fairseq's own commands run in this
+process, through their own entry points (``fairseq_cli.generate.cli_main``,
+``fairseq_cli.validate.cli_main``) and with the argument lists their command lines would get;
+each run writes the files the separate command wrote: generate's stdout (S-/H-/D- lines) and its
+stderr in ``OUTPUT.log`` (fairseq's 'Translated N sentences ... in Xs' line), validate's stdout
+and stderr together. Every file appears whole (through :mod:`fairseq_seqkd.io_utils`), and an
+output only when its run succeeded; a failed run raises :class:`FairseqRunFailed` with the end
+of its log. Then the outputs are scored as ``fairseq-seqkd evaluate`` scores them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.evaluation import score_system
+from fairseq_seqkd.io_utils import atomic_open, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("greedy", "beam", "validate")  # what a run is: its program and what its output is scored as
+PROGRAMS = {"greedy": "fairseq-generate", "beam": "fairseq-generate", "validate": "fairseq-validate"}
+TAIL_LINES = 25
+
+
+class FairseqRunFailed(RuntimeError):
+    """A fairseq command run in-process failed; the message names it and holds the end of its log."""
+
+
+@dataclass
+class FairseqRun:
+    """One fairseq command of an evaluation: its kind, its arguments (no program name), its output file."""
+
+    kind: str
+    args: list[str]
+    output: str
+
+    @property
+    def program(self) -> str:
+        return PROGRAMS[self.kind]
+
+    @property
+    def log(self) -> str | None:
+        """Where its stderr goes: OUTPUT.log for fairseq-generate; validate's goes into its output."""
+        return f"{self.output}.log" if self.program == "fairseq-generate" else None
+
+
+@contextlib.contextmanager
+def _captured(argv: list[str], out: TextIO, err: TextIO) -> Iterator[None]:
+    """sys.argv, stdout and stderr, and the root logger's handlers as a command of its own would have them."""
+    root = logging.getLogger()
+    handlers, level, saved_argv = root.handlers[:], root.level, sys.argv
+    handler = logging.StreamHandler(err)
+    # fairseq's own log format (fairseq_cli.generate asks for it); the timing line's parser takes any prefix
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
+    root.handlers = [handler]
+    root.setLevel(os.environ.get("LOGLEVEL", "INFO").upper())
+    sys.argv = argv
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    finally:
+        # fairseq_cli.validate resets the root logger to a handler on (the redirected) sys.stdout
+        sys.argv = saved_argv
+        root.handlers = handlers
+        root.setLevel(level)
+
+
+def _entry_point(program: str) -> Callable[[], None]:
+    if program == "fairseq-generate":
+        from fairseq_cli.generate import cli_main
+    else:
+        from fairseq_cli.validate import cli_main
+    return cli_main
+
+
+def run_fairseq(run: FairseqRun) -> float:
+    """Run one fairseq command in this process into its output (and log) files; return its seconds.
+
+    A failure (an exception, or the SystemExit of a bad option) leaves the log with its traceback,
+    no output, and raises :class:`FairseqRunFailed` with the log's last lines.
+    """
+    main = _entry_point(run.program)
+    argv = [run.program, *run.args]
+    t0 = time.monotonic()
+    failure: BaseException | None = None
+    log = io.StringIO()  # a few dozen lines; written whole, after the run, success or not
+    try:
+        with atomic_open(run.output) as out:
+            with _captured(argv, out if run.log else log, log):
+                main()
+            if not run.log:  # fairseq-validate: its log is its output
+                out.write(log.getvalue())
+    except (Exception, SystemExit) as e:  # SystemExit: fairseq's parser refusing an option
+        if not isinstance(e, SystemExit) or e.code not in (0, None):
+            failure = e
+            log.write("".join(traceback.format_exception(e)))
+    if run.log:
+        atomic_write_text(run.log, log.getvalue())
+    if failure is not None:
+        where = run.log or "its output"
+        tail = "".join(log.getvalue().splitlines(keepends=True)[-TAIL_LINES:])
+        raise FairseqRunFailed(f"{shlex.join(argv)} failed ({type(failure).__name__}: {failure}); the last lines "
+                               f"of {where}:\n{tail}") from failure
+    return time.monotonic() - t0
+
+
+def parse_runs(words: Sequence[str], separator: str = ":::") -> list[tuple[str, list[str]]]:
+    """``::: KIND ARGS... ::: KIND ARGS...`` as (kind, args) pairs; KIND is greedy, beam or validate."""
+    runs: list[tuple[str, list[str]]] = []
+    for word in words:
+        if word == separator:
+            runs.append(("", []))
+        elif not runs:
+            raise UserError(f"expected '{separator} KIND ARGS...' (KIND one of {', '.join(KINDS)}), got {word!r}")
+        elif not runs[-1][0]:
+            if word not in KINDS:
+                raise UserError(f"'{separator} {word}': a run's kind is one of {', '.join(KINDS)}")
+            runs[-1] = (word, [])
+        else:
+            runs[-1][1].append(word)
+    kinds = [k for k, _ in runs]
+    if "" in kinds:
+        raise UserError(f"a '{separator}' without a kind: write '{separator} KIND ARGS...'")
+    if len(set(kinds)) != len(kinds):
+        raise UserError(f"runs {kinds}: each kind at most once")
+    return runs
+
+
+def evaluate_checkpoint(runs: Sequence[FairseqRun], results_dir: str, name: str, ref: str | None = None,
+                        src: str | None = None, tokenize: str = "13a", checkpoint: str | None = None,
+                        extra: dict | None = None) -> tuple[dict, str]:
+    """Run the fairseq commands of ``runs`` in this process, in order, then score them into RESULTS_DIR/NAME.json."""
+    for run in runs:
+        logger.info("%s: %s -> %s", run.kind, shlex.join([run.program, *run.args]), run.output)
+        seconds = run_fairseq(run)
+        logger.info("%s: done in %.1f s", run.kind, seconds)
+    outputs = [(r.output, r.kind, r.log) for r in runs if r.kind != "validate"]
+    validate = next((r.output for r in runs if r.kind == "validate"), None)
+    return score_system(results_dir, name, outputs, ref, src, tokenize, checkpoint, validate, extra)
