@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import BIN
+from conftest import BIN, run_cli
 
 pytestmark = pytest.mark.recipes
 
@@ -468,3 +468,53 @@ def test_extra_test_sets_are_checked():
                           ([["x", "", "b"]], "is not \\[name"), ("x", "must be a list")):
         with pytest.raises(ValueError, match=message):
             jobs.check_config({**config, "extra_test_sets": sets}, known)
+
+
+def test_teacher_settings_are_checked(tmp_path):
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import jobs
+
+    config = {**jobs.load_yaml(ROOT / "recipes" / "config" / "defaults.yaml"), "src": "en", "tgt": "de",
+              "corpus": "toy"}
+    known = set(config)
+    for change, message in (({"teacher_engine": "marian"}, "use fairseq .* or ct2"),
+                            ({"teacher_ct2": str(tmp_path)}, "set teacher_engine: ct2"),
+                            ({"teacher_engine": "ct2", "teacher_ct2": str(tmp_path)}, "no model.bin"),
+                            ({"teacher_dir": str(tmp_path)}, "needs raw text")):
+        with pytest.raises(ValueError, match=message):
+            jobs.check_config({**config, **change}, known)
+    # a folder that is no teacher stops the plan, with the data step's own message
+    with pytest.raises(ValueError, match=r"cannot be this run's teacher:\n.*no checkpoint"):
+        jobs.teacher_folder(str(tmp_path), "en", "de", [], [])
+    assert jobs.length_bounds(["--beam", 5, "--max-len-a", 1.2, "--max-len-b", 20]) == \
+        ["--max-len-a", "1.2", "--max-len-b", "20"]
+
+
+def test_foreign_ctranslate2_teacher(smoke_runs, tmp_path):
+    """TEACHER_CT2: a CTranslate2 model with a tokenization of its own (here the finished run's teacher,
+    converted, reading and writing raw text through its sentencepiece model): it translates the raw
+    training source, the text is encoded for the students, Seq-Inter reranks its K-best lists, it is
+    scored as a system; Word-KD, which needs its vocabulary, is left out of the plan."""
+    done = smoke_runs["wmt14_en_de.sh"]
+    foreign = tmp_path / "foreign"
+    run_cli("fairseq-seqkd", "export", done / "teacher" / "checkpoint_best.pt", "--data", done / "data-bin",
+            "--out", foreign / "teacher.pt", "--ct2", foreign / "ct2", "--quantization", "float32")
+    layer = tmp_path / "foreign.yaml"
+    layer.write_text(f"teacher_ct2_args: [--spm, '{done / 'prepared' / 'spm.model'}']\n", encoding="utf-8")
+    run = tmp_path / "run"
+    env = {"RAW_DIR": str(done / "raw"), "CONFIGFILE": str(layer), "TEACHER_CT2": str(foreign / "ct2")}
+    plan = planned(run_recipe("wmt14_en_de.sh", run, "-n", **env))
+    assert "train_teacher" not in plan and "cache_shard" not in plan and "train_word_kd" not in plan, plan
+    assert plan["evaluate_ct2_teacher"] == 1 and plan["train_pruned"] == 1, plan
+    run_recipe("wmt14_en_de.sh", run, "-j", "2", "results/teacher.json", "results/seq_kd.json",
+               "results/seq_inter.json", **env)
+    gen = (run / "seqkd-gen" / "shard0000.txt").read_text(encoding="utf-8").splitlines()
+    source = (run / "prepared" / "train.raw.en").read_text(encoding="utf-8").splitlines()
+    assert [int(x.split("\t")[0]) for x in gen] == list(range(len(source)))  # raw text in, one line per sentence
+    assert not any("▁" in x for x in gen)  # and text out, detokenized
+    for corpus in ("seqkd", "seqinter"):
+        extract = json.loads((run / f"data-bin-{corpus}" / "train.extract.json").read_text())
+        assert extract["written"] == extract["sentences"] == len(source)
+    for name in ("teacher", "seq_kd", "seq_inter"):
+        result = json.loads((run / "results" / f"{name}.json").read_text())
+        assert isinstance(result["bleu_greedy"], float) and result["sentences"] > 0, result
