@@ -264,7 +264,7 @@ FAILURES = {
     "extract": ("fairseq-seqkd", "extract", [], "seqkd-gen/shard0000.txt"),
     "cache": ("fairseq-seqkd", "cache", ["kd_topk=4"], None),
     "pruning curve": ("fairseq-seqkd", "prune", ["prune_curve=[0.7]"], None),
-    "evaluation": ("fairseq-generate", "test", ["validate_args=[--max-tokens, 4000]"], None),
+    "evaluation": ("fairseq-seqkd", "evaluate-checkpoint", ["validate_args=[--max-tokens, 4000]"], None),
     "export": ("fairseq-seqkd", "export", [], "pruned/train.done"),
 }
 
@@ -407,10 +407,18 @@ def test_generation_translates_everything_on_a_machine_with_two_gpus(smoke_runs,
     commands = {}
     for log in sorted((run / "logs").glob("*.log")):
         for line in log.read_text().splitlines():
-            cmd = line.partition(" | ")[2].split(" ")
-            if cmd[0] in ("fairseq-generate", "fairseq-validate"):
-                kind = (log.stem.split(".")[0], cmd[0], "--seq-inter" in cmd)
-                commands.setdefault(kind, line.partition(" | ")[2])
+            text = line.partition(" | ")[2]
+            # an evaluation job runs its generations and validation in one process (evaluate-checkpoint),
+            # each given after ':::' and its kind with the arguments of the command it stands for
+            if text.startswith("fairseq-seqkd evaluate-checkpoint "):
+                runs = [part.split(" ", 1) for part in text.split(" ::: ")[1:]]
+                texts = [f"fairseq-{'validate' if kind == 'validate' else 'generate'} {rest}" for kind, rest in runs]
+            else:
+                texts = [text]
+            for text in texts:
+                cmd = text.split(" ")
+                if cmd[0] in ("fairseq-generate", "fairseq-validate"):
+                    commands.setdefault((log.stem.split(".")[0], cmd[0], "--seq-inter" in cmd), text)
     kinds = {(rule, cmd) for rule, cmd, _ in commands}
     assert {("generate_shard", "fairseq-generate"), ("evaluate", "fairseq-generate"),
             ("evaluate", "fairseq-validate"), ("prune_point", "fairseq-generate"),
