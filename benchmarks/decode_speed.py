@@ -35,6 +35,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -162,6 +163,26 @@ def export_student(cfg, model, data_dir: str, work: str) -> str:
     return out["ct2"]
 
 
+def fastest_of(systems: dict[str, Callable[[], tuple[float, float, list[int]]]], repeats: int,
+               out_len: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Each system run ``repeats`` times, interleaved: its fastest wall and CPU seconds.
+
+    Every hypothesis must be ``out_len`` tokens long, or the comparison would not be fair.
+    """
+    wall = {k: float("inf") for k in systems}
+    cpu = dict(wall)
+    for _ in range(repeats):
+        for name, run in systems.items():
+            seconds, cpu_seconds, got = run()
+            if set(got) != {out_len}:
+                raise SystemExit(f"{name}: output lengths {sorted(set(got))} != {out_len}; "
+                                 "the comparison would not be fair")
+            wall[name] = min(wall[name], seconds)
+            cpu[name] = min(cpu[name], cpu_seconds)
+            log(f"{name}: {seconds:.3f}s wall, {cpu_seconds:.3f}s CPU")
+    return wall, cpu
+
+
 def speeds(words: int, seconds: dict[str, float]) -> dict:
     """The issue's keys: words/s per system and the three ratios."""
     wps = {k: words / v for k, v in seconds.items()}
@@ -219,17 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             fairseq_decode(s_task, student, warm, 1, args.out_len)
             ct2_decode(translator, ct2_sources(s_task, warm), args.out_len)
             log(f"set up in {time.perf_counter() - t0:.1f}s; decoding {n} sentences, {repeats} run(s) each")
-            wall = {k: float("inf") for k in systems}
-            cpu = dict(wall)
-            for _ in range(repeats):
-                for name, run in systems.items():
-                    seconds, cpu_seconds, lengths = run()
-                    if lengths != [args.out_len] * n:
-                        raise SystemExit(f"{name}: output lengths {sorted(set(lengths))} != {args.out_len}; "
-                                         "the comparison would not be fair")
-                    wall[name] = min(wall[name], seconds)
-                    cpu[name] = min(cpu[name], cpu_seconds)
-                    log(f"{name}: {seconds:.3f}s wall, {cpu_seconds:.3f}s CPU")
+            wall, cpu = fastest_of(systems, repeats, args.out_len)
 
     result = speeds(words, wall)
     result["targets_met"] = {k: result[k] >= v for k, v in TARGETS.items()}

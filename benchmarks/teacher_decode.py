@@ -37,7 +37,16 @@ import tempfile
 import time
 
 import torch
-from decode_speed import TEACHER, build, checkpoint, ct2_sources, fairseq_decode, make_batches, write_dictionary
+from decode_speed import (
+    TEACHER,
+    build,
+    checkpoint,
+    ct2_sources,
+    fairseq_decode,
+    fastest_of,
+    make_batches,
+    write_dictionary,
+)
 
 TARGETS = {"ct2_int8_over_fairseq_beam5": 3.0}
 BEAMS = (5, 35)
@@ -127,17 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                 if name.endswith("beam5"):
                     run((warm, ct2_warm))
             log(f"set up in {time.perf_counter() - t0:.1f}s; decoding {n} sentences, {repeats} run(s) each")
-            wall = {k: float("inf") for k in systems}
-            cpu = dict(wall)
-            for _ in range(repeats):
-                for name, run in systems.items():
-                    seconds, cpu_seconds, lengths = run((batches, ct2_batches))
-                    if set(lengths) != {args.out_len}:
-                        raise SystemExit(f"{name}: output lengths {sorted(set(lengths))} != {args.out_len}; "
-                                         "the comparison would not be fair")
-                    wall[name] = min(wall[name], seconds)
-                    cpu[name] = min(cpu[name], cpu_seconds)
-                    log(f"{name}: {seconds:.3f}s wall, {cpu_seconds:.3f}s CPU")
+            timed = {name: (lambda r: lambda: r((batches, ct2_batches)))(run) for name, run in systems.items()}
+            wall, cpu = fastest_of(timed, repeats, args.out_len)
 
     result = speeds(words, wall)
     result["targets_met"] = {k: result[k] >= v for k, v in TARGETS.items()}
