@@ -63,6 +63,22 @@ def train_tiny(data_bin: Path, save_dir: Path, *extra: str, max_update: int = 40
     return ckpt
 
 
+def generate_in_process(data_bin: Path | str, teacher: Path | str, out: Path, *extra) -> Path:
+    """fairseq-generate's own main in this process (the console script minus interpreter start-up);
+    only what it prints to its output file (no log lines) ends up in ``out``."""
+    from fairseq import options
+    from fairseq_cli import generate
+
+    argv = [data_bin, "--user-dir", plugin_dir(), "--task", "translation_kd", "--path", teacher,
+            "--required-batch-size-multiple", 1, "--cpu", "--num-workers", 0, *extra,
+            "--results-path", out.parent / (out.name + ".d")]
+    args = options.parse_args_and_arch(options.get_generation_parser(), [str(a) for a in argv])
+    generate.main(args)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (out.parent / (out.name + ".d") / f"generate-{args.gen_subset}.txt").rename(out)
+    return out
+
+
 def plugin_dir() -> str:
     """The --user-dir argument: the fairseq_seqkd package folder."""
     return str(Path(__file__).resolve().parents[1] / "fairseq_seqkd")

@@ -9,8 +9,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import run_cli
-from test_seqkd_corpus import generate_in_process
+from conftest import generate_in_process, run_cli
 
 from fairseq_seqkd import kbest
 from fairseq_seqkd.errors import UserError

@@ -4,8 +4,7 @@ from collections import defaultdict
 
 import pytest
 import torch
-from conftest import TINY_TRANSFORMER, plugin_dir, run_cli
-from test_seqkd_corpus import generate_in_process
+from conftest import TINY_TRANSFORMER, generate_in_process, plugin_dir, run_cli
 
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.sentence_bleu import SentenceBLEU

@@ -9,29 +9,13 @@ import tempfile
 import numpy as np
 import pytest
 import torch
-from conftest import plugin_dir, run_cli
+from conftest import generate_in_process, run_cli
 
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.generate_output import first_hypotheses
 from fairseq_seqkd.seqkd_corpus import extract_corpus
 
 SPLIT, N = "test", 61  # 61 sentences: not a multiple of 8, fairseq's default would drop some
-
-
-def generate_in_process(data_bin, teacher, out, *extra):
-    """fairseq-generate's own main in this process (the console script minus interpreter start-up);
-    only what it prints to its output file (no log lines) ends up in ``out``."""
-    from fairseq import options
-    from fairseq_cli import generate
-
-    argv = [data_bin, "--user-dir", plugin_dir(), "--task", "translation_kd", "--path", teacher,
-            "--required-batch-size-multiple", 1, "--cpu", "--num-workers", 0, *extra,
-            "--results-path", out.parent / (out.name + ".d")]
-    args = options.parse_args_and_arch(options.get_generation_parser(), [str(a) for a in argv])
-    generate.main(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    (out.parent / (out.name + ".d") / f"generate-{args.gen_subset}.txt").rename(out)
-    return out
 
 
 def _generate(data_bin, teacher, out, *extra):
