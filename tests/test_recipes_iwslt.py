@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_recipes_smoke import run_recipe
+from recipe_runs import run_recipe
 
 pytestmark = pytest.mark.recipes
 

@@ -281,7 +281,7 @@ def test_recipe_distills_the_zoo_teacher_with_ctranslate2(zoo, tmp_path):
     training set; every student, Word-KD included, learns from it; each system is scored on detokenized text.
     The pruning, export and report jobs, which do not depend on where the teacher came from, are left out
     (the SMOKE run of test_recipes_smoke.py runs them)."""
-    from test_recipes_smoke import run_recipe
+    from recipe_runs import run_recipe
 
     layer = tmp_path / "zoo.yaml"
     layer.write_text(f"data_script: null\nraw_dir: '{zoo['raw']}'\n"
