@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     run((warm, ct2_warm))
             log(f"set up in {time.perf_counter() - t0:.1f}s; decoding {n} sentences, {repeats} run(s) each")
             timed = {name: (lambda r: lambda: r((batches, ct2_batches)))(run) for name, run in systems.items()}
-            wall, cpu = fastest_of(timed, repeats, args.out_len)
+            wall, cpu = fastest_of(timed, repeats, args.out_len, say=log)
 
     result = speeds(words, wall)
     result["targets_met"] = {k: result[k] >= v for k, v in TARGETS.items()}
