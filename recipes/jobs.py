@@ -11,9 +11,9 @@ file written at its end (``train.done``), never the checkpoint folder, so a kill
 resumes from ``checkpoint_last.pt``. A training whose options or inputs changed starts afresh;
 the earlier one is moved aside, not deleted.
 
-Imported by the Snakefile and the tests; of the plugin it imports only its file helpers, never
-fairseq (a job process starts in a second), and it only asks torch whether a GPU is there when
-the configuration says ``device: auto``.
+Imported by the Snakefile and the tests; it does not import fairseq or the plugin (a job
+process starts in a second), and only asks torch whether a GPU is there when the configuration
+says ``device: auto``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
 from pathlib import Path
-
-from fairseq_seqkd.io_utils import atomic_write_text
 
 TAIL_LINES = 25
 # In a job's command, the plugin folder (fairseq's --user-dir): replaced by its path when the command
@@ -157,8 +155,10 @@ def fingerprint(cmd: Sequence, inputs: Sequence) -> str:
 
 
 def write_json(path: str | os.PathLike, obj: dict) -> None:
-    """Write ``obj`` as JSON, atomically."""
-    atomic_write_text(str(path), json.dumps(obj, indent=2) + "\n")
+    """Write ``obj`` as JSON through a temporary file and a rename."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def own_folder(folder: str | os.PathLike, cmd: Sequence, inputs: Sequence, log: str | os.PathLike) -> None:
@@ -183,7 +183,7 @@ def own_folder(folder: str | os.PathLike, cmd: Sequence, inputs: Sequence, log: 
             _note(log, f"{folder}: made with other options or inputs; its content moved to {previous}, "
                        "starting afresh")
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(str(marker), stamp + "\n")
+    marker.write_text(stamp + "\n")
 
 
 def run_chunks(cmds: Sequence[Sequence], output: str | os.PathLike, log: str | os.PathLike, inputs: Sequence,
