@@ -155,7 +155,12 @@ def fingerprint(cmd: Sequence, inputs: Sequence) -> str:
 
 
 def write_json(path: str | os.PathLike, obj: dict) -> None:
-    """Write ``obj`` as JSON through a temporary file and a rename."""
+    """Write ``obj`` as JSON through a temporary file and a rename.
+
+    Not ``fairseq_seqkd.io_utils``: importing anything of the plugin registers it with fairseq, which
+    costs seconds in Snakemake's own process and sets up fairseq's logging there (every Snakemake line
+    twice on the terminal).
+    """
     tmp = Path(f"{path}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)

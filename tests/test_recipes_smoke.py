@@ -165,6 +165,9 @@ def test_rerun_runs_nothing(wmt_copy, smoke_runs):
     t0 = time.monotonic()
     again = run_recipe("wmt14_en_de.sh", wmt_copy, "--config", *SHARDS, **env)
     assert ran(again) == [], again.stderr[-3000:]
+    # a quiet terminal: no library logging in Snakemake's process (importing the plugin there would
+    # register it with fairseq, whose logging setup then doubles every line as INFO:snakemake...)
+    assert not re.search(r"^(INFO|DEBUG):", again.stderr, re.M), again.stderr[-3000:]
     assert time.monotonic() - t0 < 60
     assert (wmt_copy / "teacher" / "checkpoint_best.pt").stat().st_mtime == mtime
     # the report is printed at the end, its tables without the provenance section
