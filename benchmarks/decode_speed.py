@@ -164,7 +164,7 @@ def export_student(cfg, model, data_dir: str, work: str) -> str:
 
 
 def fastest_of(systems: dict[str, Callable[[], tuple[float, float, list[int]]]], repeats: int,
-               out_len: int, say: Callable[[str], None] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+               out_len: int, say: Callable[[str], None] = log) -> tuple[dict[str, float], dict[str, float]]:
     """Each system run ``repeats`` times, interleaved: its fastest wall and CPU seconds (each run told to ``say``).
 
     Every hypothesis must be ``out_len`` tokens long, or the comparison would not be fair.
@@ -179,7 +179,7 @@ def fastest_of(systems: dict[str, Callable[[], tuple[float, float, list[int]]]],
                                  "the comparison would not be fair")
             wall[name] = min(wall[name], seconds)
             cpu[name] = min(cpu[name], cpu_seconds)
-            (say or log)(f"{name}: {seconds:.3f}s wall, {cpu_seconds:.3f}s CPU")
+            say(f"{name}: {seconds:.3f}s wall, {cpu_seconds:.3f}s CPU")
     return wall, cpu
 
 

@@ -30,6 +30,7 @@ Words per second = source tokens (without EOS) / seconds. The last line is one J
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name.endswith("beam5"):
                     run((warm, ct2_warm))
             log(f"set up in {time.perf_counter() - t0:.1f}s; decoding {n} sentences, {repeats} run(s) each")
-            timed = {name: (lambda r: lambda: r((batches, ct2_batches)))(run) for name, run in systems.items()}
+            timed = {name: functools.partial(run, (batches, ct2_batches)) for name, run in systems.items()}
             wall, cpu = fastest_of(timed, repeats, args.out_len, say=log)
 
     result = speeds(words, wall)

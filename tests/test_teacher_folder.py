@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_TRANSFORMER, plugin_dir, run_cli, train_tiny
+from recipe_runs import run_recipe
 
 from fairseq_seqkd import cli
 from fairseq_seqkd.data_prep import CleanConfig
@@ -281,8 +282,6 @@ def test_recipe_distills_the_zoo_teacher_with_ctranslate2(zoo, tmp_path):
     training set; every student, Word-KD included, learns from it; each system is scored on detokenized text.
     The pruning, export and report jobs, which do not depend on where the teacher came from, are left out
     (the SMOKE run of test_recipes_smoke.py runs them)."""
-    from recipe_runs import run_recipe
-
     layer = tmp_path / "zoo.yaml"
     layer.write_text(f"data_script: null\nraw_dir: '{zoo['raw']}'\n"
                      + "".join(f"{split}_files: [[{split}.en, {split}.de]]\n" for split in ("train", "valid", "test")),
