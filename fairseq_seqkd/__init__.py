@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 
 
 def register() -> None:
-    """Register the ``word_kd`` criterion, the ``translation_kd`` task and torch's safe globals."""
+    """Register the ``word_kd`` criterion, the ``translation_kd`` task, torch's safe globals and atomic
+    checkpoint copies; calling it again changes nothing."""
     try:
         import fairseq  # noqa: F401
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -28,6 +29,9 @@ def register() -> None:
     from fairseq_seqkd.checkpoint_compat import register_safe_globals
 
     register_safe_globals()
+    from fairseq_seqkd.checkpoint_save import install_atomic_checkpoint_copies
+
+    install_atomic_checkpoint_copies()
     from fairseq_seqkd import criterions, tasks  # noqa: F401  (registrations)
 
 
