@@ -26,6 +26,14 @@ CLOSE_TO_BEST = 0.5  # (4) combined within this of the best student, greedy and 
 SPEEDUP = 10.0  # (5) student greedy words/s over teacher beam words/s
 PRUNE_LOSS = 0.5  # (6) pruned beam >= combined beam - this
 PRUNE_KEEP = 0.2  # (6) pruned non-zero parameters <= this x the combined student's
+# a trained system whose greedy BLEU is below this x the baseline's is not a finding but a broken
+# training; judged only where the baseline has more than MIN_BASELINE BLEU (near 0, halves are noise)
+FAR_BELOW = 0.5
+MIN_BASELINE = 1.0
+# the systems the pipeline trains (the baseline is the yardstick), and its training rules' names:
+# each writes logs/RULE.log
+TRAIN_RULES = {name: f"train_{name}" for name in ["teacher", *STUDENTS, "pruned"] if name != "baseline"} | {
+    COMBINED: "train_combined"}
 
 
 def _get(systems: dict, name: str, key: str):
@@ -124,3 +132,25 @@ def findings_markdown(findings: list[dict]) -> str:
     verdict = {True: "**held**. ", False: "**did not hold**. ", None: ""}
     lines = [f"{i}. {f['finding']}: {verdict[f['held']]}{f['measured']}." for i, f in enumerate(findings, 1)]
     return "\n".join(lines) + "\n"
+
+
+def far_below_baseline(systems: dict) -> list[str]:
+    """A warning for each trained system (TRAIN_RULES) scoring far below the baseline student, greedy.
+
+    Far below: under FAR_BELOW x the baseline's BLEU where that is over MIN_BASELINE, or 0 where the
+    baseline's is not. No method of the paper costs that much; a training that diverged or stopped
+    early does, and the findings would then judge a broken model.
+    """
+    base = _get(systems, "baseline", "bleu_greedy")
+    if base is None:
+        return []
+    warnings = []
+    for name, rule in TRAIN_RULES.items():
+        mine = _get(systems, name, "bleu_greedy")
+        if mine is None:
+            continue
+        if (base > MIN_BASELINE and mine < FAR_BELOW * base) or (mine == 0 and base != 0):
+            warnings.append(f"{name} scores {mine:.1f} greedy BLEU, the baseline student {base:.1f} (below "
+                            f"{FAR_BELOW:g}x): a training that diverged or stopped early may be the cause; "
+                            f"look at logs/{rule}.log")
+    return warnings

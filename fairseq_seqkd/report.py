@@ -2,22 +2,34 @@
 
 Each stage of a run records its figures in ``RUN/results/NAME.json`` (``fairseq-seqkd
 evaluate``), and on each extra test set in ``RUN/results/TESTSET/NAME.json``; the offline
-pruning sweep records its points in ``RUN/results/curve/*.json``. The report has one table per
-test set, the main one first; the paper's findings and the plots are judged on the main one
-only. Its last section is the run's provenance (``fairseq_seqkd.provenance``). This module only
-reads files: it never runs a model.
+pruning sweep records its points in ``RUN/results/curve/*.json``. The pipeline names the systems,
+test sets and curve points its configuration asks for, and only those files are read (any other is
+a leftover of an earlier configuration); a folder read by hand without the lists is globbed. The
+report has one table per test set, the main one first; the paper's findings, the warnings about a
+broken system and the plots are judged on the main one only. Its last section is the run's
+provenance (``fairseq_seqkd.provenance``). This module only reads files: it never runs a model.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.findings import COMBINED, SEQ_KD_WORD_KD, STUDENTS, check_findings, findings_markdown
+from fairseq_seqkd.findings import (
+    COMBINED,
+    SEQ_KD_WORD_KD,
+    STUDENTS,
+    check_findings,
+    far_below_baseline,
+    findings_markdown,
+)
 from fairseq_seqkd.io_utils import atomic_write_text
 from fairseq_seqkd.provenance import collect_provenance, provenance_lines
+
+logger = logging.getLogger(__name__)
 
 # The systems of the paper's Table 1, in its order; a run may have any subset, plus extras.
 SYSTEMS = ["teacher", *STUDENTS, "pruned", "pruned_ct2_int8"]
@@ -51,15 +63,32 @@ CURVE = "curve"  # results/curve/: the pruning sweep, not a test set
 MAIN = "test"
 
 
-def _systems(results_dir: str) -> dict[str, dict]:
-    """``DIR/*.json`` as systems in the paper's order (then others, sorted), every key of KEYS present."""
-    files = sorted(glob.glob(os.path.join(results_dir, "*.json")))
-    if not files:
-        raise UserError(f"{results_dir}: no results (*.json); run the pipeline's evaluation stages first")
-    systems = {os.path.splitext(os.path.basename(path))[0]: _load(path) for path in files}
+def _systems(results_dir: str, names: list[str] | None = None, test_set: str = MAIN) -> dict[str, dict]:
+    """``DIR/NAME.json`` for each of ``names`` (None: every ``DIR/*.json``) as systems in the paper's order
+    (then others, sorted), every key of KEYS present."""
+    if names is None:
+        files = sorted(glob.glob(os.path.join(results_dir, "*.json")))
+        if not files:
+            raise UserError(f"{results_dir}: no results (*.json); run the pipeline's evaluation stages first")
+        systems = {os.path.splitext(os.path.basename(path))[0]: _load(path) for path in files}
+    else:
+        on = "" if test_set == MAIN else f" on test set {test_set}"
+        systems = {name: _load_listed(os.path.join(results_dir, f"{name}.json"), f"{name}{on}", "--systems")
+                   for name in names}
     order = [s for s in SYSTEMS if s in systems] + sorted(s for s in systems if s not in SYSTEMS)
     return {s: {k: systems[s].get(k) for k in KEYS} | {k: v for k, v in systems[s].items() if k not in KEYS}
             for s in order}
+
+
+def _curve(results_dir: str, names: list[str] | None = None) -> list[dict]:
+    """The pruning curve's points, ``DIR/curve/NAME.json`` for each of ``names`` (None: every one), by ratio."""
+    folder = os.path.join(results_dir, CURVE)
+    if names is None:
+        points = [_load(p) for p in sorted(glob.glob(os.path.join(folder, "*.json")))]
+    else:
+        points = [_load_listed(os.path.join(folder, f"{name}.json"), f"the pruning-curve point {name}", "--curve")
+                  for name in sorted(names)]
+    return sorted(points, key=lambda r: float(r.get("prune_ratio", 0)))
 
 
 def extra_test_set_names(run_dir: str) -> list[str]:
@@ -69,21 +98,36 @@ def extra_test_set_names(run_dir: str) -> list[str]:
                   and glob.glob(os.path.join(results_dir, glob.escape(name), "*.json")))
 
 
-def collect(run_dir: str, test_sets: list[str] | None = None, main_test_set: str = MAIN) -> dict:
-    """Read ``RUN/results`` into ``{"test_set", "systems", "pruning_curve", "findings", "extra_test_sets"}``.
+def collect(run_dir: str, test_sets: list[str] | None = None, main_test_set: str = MAIN,
+            systems: list[str] | None = None, curve: list[str] | None = None) -> dict:
+    """Read ``RUN/results`` into ``{"test_set", "systems", "pruning_curve", "findings", "extra_test_sets",
+    "warnings"}``.
 
     ``systems`` and ``findings`` are the main test set's (``main_test_set`` names it);
-    ``extra_test_sets`` maps each of ``test_sets`` (default: every folder of results but curve) to
-    ``{"systems": ...}``, read from ``RUN/results/NAME/``.
+    ``extra_test_sets`` maps each of ``test_sets`` to ``{"systems": ...}``, read from ``RUN/results/NAME/``.
+    With ``systems``, exactly ``RUN/results/NAME.json`` for each (and ``RUN/results/TESTSET/NAME.json``,
+    ``RUN/results/curve/POINT.json`` for each of ``test_sets`` and ``curve``; None: none) is read, a
+    missing one an error, any other file ignored. Without, every file is read: every folder of results
+    but curve a test set, and every curve point unless ``curve`` names them.
     """
     results_dir = os.path.join(run_dir, "results")
-    full = _systems(results_dir)
-    curve = [_load(p) for p in sorted(glob.glob(os.path.join(results_dir, CURVE, "*.json")))]
-    curve.sort(key=lambda r: float(r.get("prune_ratio", 0)))
-    names = extra_test_set_names(run_dir) if test_sets is None else list(test_sets)
-    extra = {name: {"systems": _systems(os.path.join(results_dir, name))} for name in names}
-    return {"test_set": main_test_set, "systems": full, "pruning_curve": curve, "findings": check_findings(full),
-            "extra_test_sets": extra}
+    full = _systems(results_dir, systems)
+    if systems is not None and curve is None:
+        curve = []
+    points = _curve(results_dir, curve)
+    if test_sets is None:
+        test_sets = [] if systems is not None else extra_test_set_names(run_dir)
+    extra = {name: {"systems": _systems(os.path.join(results_dir, name), systems, name)} for name in test_sets}
+    return {"test_set": main_test_set, "systems": full, "pruning_curve": points, "findings": check_findings(full),
+            "extra_test_sets": extra, "warnings": far_below_baseline(full)}
+
+
+def _load_listed(path: str, what: str, option: str) -> dict:
+    """``_load`` for a file the run's configuration asks for: missing, it names the stage to rerun."""
+    if not os.path.exists(path):
+        raise UserError(f"{path}: missing, the evaluation of {what} has not run; rerun the pipeline to "
+                        f"produce it (or leave it out of {option})")
+    return _load(path)
 
 
 def _load(path: str) -> dict:
@@ -193,7 +237,10 @@ def _save(fig, path: str) -> None:
 
 def tables_markdown(report: dict, paper: str | None = None) -> str:
     """One table per test set, the main one first; the paper's figures only beside the main one."""
-    parts = [f"## Test set: {report['test_set']}\n\n" + markdown_table(report["systems"], paper)]
+    main = f"## Test set: {report['test_set']}\n\n" + markdown_table(report["systems"], paper)
+    if report.get("warnings"):
+        main += "\n" + "\n\n".join(f"**Warning**: {w}" for w in report["warnings"]) + "\n"
+    parts = [main]
     for name, extra in report["extra_test_sets"].items():
         parts.append(f"## Test set: {name}\n\n" + markdown_table(extra["systems"])
                      + "\nScored as the main test set; PPL on the main test set only.\n")
@@ -201,9 +248,14 @@ def tables_markdown(report: dict, paper: str | None = None) -> str:
 
 
 def write_report(run_dir: str, paper: str | None = None, plots: bool = True, test_sets: list[str] | None = None,
-                 main_test_set: str = MAIN) -> dict[str, str]:
-    """Write RUN/report.md, RUN/report.json and the PNG plots; return their paths (and the tables)."""
-    report = collect(run_dir, test_sets, main_test_set)
+                 main_test_set: str = MAIN, systems: list[str] | None = None,
+                 curve: list[str] | None = None) -> dict[str, str]:
+    """Write RUN/report.md, RUN/report.json and the PNG plots; return their paths (and the tables).
+
+    ``test_sets``, ``systems`` and ``curve`` select the results read, as in ``collect``."""
+    report = collect(run_dir, test_sets, main_test_set, systems, curve)
+    for warning in report["warnings"]:
+        logger.warning(warning)
     tables = tables_markdown(report, paper)
     pngs = plot(report, run_dir) if plots else []
     report["provenance"] = collect_provenance(run_dir)
