@@ -37,8 +37,8 @@ keeps the pieces.
 Sharding: shard I of N is the contiguous block of lines ``[I*L//N, (I+1)*L//N)`` of the L source
 lines, so the shards' text outputs concatenated in shard order are line-aligned with the source.
 A shard is translated in chunks of ``chunk_sentences`` lines, each written atomically to
-``OUT.chunks/``; a killed run resumes after its last finished chunk, and the chunks are joined
-into ``OUT`` (atomically) at the end.
+``OUT.chunks/``; a killed run resumes after its last finished chunk (chunks of another model, known
+by content, are deleted first), and the chunks are joined into ``OUT`` (atomically) at the end.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.io_utils import atomic_open, atomic_write_text, count_text_lines
+from fairseq_seqkd.io_utils import atomic_open, atomic_write_text, content_fingerprint, count_text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -255,12 +255,40 @@ def shard_range(lines: int, num_shards: int, shard_id: int) -> tuple[int, int]:
 
 
 def _settings(model_dir: str, source_file: str, lines: int, cfg: TranslateConfig) -> dict:
-    """What a finished chunk depends on: resuming with anything else would mix two runs."""
-    model_bin = os.path.join(model_dir, "model.bin")
+    """What a finished chunk depends on: resuming with anything else would mix two runs.
+
+    The model and the source are known by their content (:func:`content_fingerprint`), not by their
+    paths or sizes: a retrained teacher of the same shape has a model.bin of the same size.
+    """
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "threads", "chunk_sentences")}
-    return {"model_bin_bytes": os.path.getsize(model_bin), "model_dir": os.path.abspath(model_dir),
-            "source": os.path.basename(source_file), "source_bytes": os.path.getsize(source_file),
-            "source_lines": lines, **keep}
+    return {"model_fingerprint": content_fingerprint(model_dir), "source": os.path.basename(source_file),
+            "source_fingerprint": content_fingerprint(source_file), "source_lines": lines, **keep}
+
+
+def _open_chunks(chunk_dir: str, settings: dict) -> None:
+    """Make ``chunk_dir`` hold only chunks made with ``settings``: an earlier run's are kept if it had the same.
+
+    Chunks of another model are the old model's translations, of no use to this run: they are
+    deleted and the shard starts afresh. Any other difference is refused (a mistaken option
+    would otherwise throw away a run's work).
+    """
+    settings_path = os.path.join(chunk_dir, "settings.json")
+    if os.path.exists(settings_path):
+        with open(settings_path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old.get("model_fingerprint") != settings["model_fingerprint"]:
+            chunks = len([n for n in os.listdir(chunk_dir) if n.endswith(".json") and n != "settings.json"])
+            shutil.rmtree(chunk_dir)
+            logger.warning("ct2-translate: %s: deleted %d finished chunk(s) of another model (fingerprint %s, now "
+                           "%s): the shard starts afresh", chunk_dir, chunks,
+                           (old.get("model_fingerprint") or "not recorded")[:12], settings["model_fingerprint"][:12])
+        else:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            if changed:
+                raise UserError(f"{chunk_dir}: chunks of an unfinished run with other settings ({', '.join(changed)} "
+                                "differ); rerun with the same options to resume it, or delete the folder")
+            return
+    atomic_write_text(settings_path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def _chunk_paths(chunk_dir: str, first: int) -> tuple[str, str]:
@@ -288,17 +316,7 @@ def translate_file(model_dir: str, source_file: str, out_file: str, cfg: Transla
         encode = lambda texts: encode_lines(sp, texts, threads=cfg.threads)  # noqa: E731
     chunk = cfg.chunk_sentences or max(end - first, 1)
     chunk_dir = out_file + ".chunks"
-    settings = _settings(model_dir, source_file, lines, cfg)
-    settings_path = os.path.join(chunk_dir, "settings.json")
-    if os.path.exists(settings_path):
-        with open(settings_path, encoding="utf-8") as f:
-            old = json.load(f)
-        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if changed:
-            raise UserError(f"{chunk_dir}: chunks of an unfinished run with other settings ({', '.join(changed)} "
-                            "differ); rerun with the same options to resume it, or delete the folder")
-    else:
-        atomic_write_text(settings_path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    _open_chunks(chunk_dir, _settings(model_dir, source_file, lines, cfg))
 
     stats = {"seconds": 0.0, "words": 0, "tokens": 0, "hypotheses": 0}
     resumed, started, last_log = 0, time.perf_counter(), 0.0

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -86,35 +87,62 @@ def detect_format(path: str) -> str:
     return "text"
 
 
+# what reading a damaged .gz raises: a cut file; not gzip at all, or a bad CRC; corrupt deflate data
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _gzip_error(path: str, error: Exception, lines: int) -> UserError:
+    """A UserError for the damaged ``.gz`` file ``path``, read up to line ``lines``: what is wrong and the fix."""
+    if isinstance(error, EOFError):
+        what = f"the gzip file is cut short (truncated; its text ends abruptly after line {lines})"
+    elif isinstance(error, gzip.BadGzipFile) and str(error).startswith("Not a gzipped file"):
+        what = ("not gzip data, although its name ends in .gz (if it is plain text, compress it with gzip "
+                "or drop the .gz from its name)")
+    else:
+        what = f"damaged gzip data ({error})"  # a bad CRC shows at the end: a line number would mislead
+    return UserError(f"{path}: {what}. Check it with `gzip -t {path}`, then re-download it or re-compress it "
+                     "from the original text; then delete the output folder (it records its input files' "
+                     "sizes) and run again")
+
+
 def utf8_error(path: str) -> UserError:
     """A UserError naming the first line of ``path`` that is not valid UTF-8, its byte offset and the fix."""
     opener = gzip.open if path.endswith(".gz") else open
-    offset = 0
+    offset, n = 0, 0
     with opener(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                where = "of the decompressed text" if path.endswith(".gz") else "of the file"
-                return UserError(
-                    f"{path}: line {n} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte offset "
-                    f"{offset + e.start} {where}, byte {e.start + 1} of the line). prepare reads UTF-8 text: "
-                    f"re-encode the file (`file -i {path}` guesses its encoding; e.g. `iconv -f ISO-8859-1 "
-                    f"-t UTF-8 {path} > {path}.utf8` for Latin-1), or remove the invalid bytes (`iconv -f "
-                    "UTF-8 -t UTF-8 -c`) or fix that line by hand; then delete the output folder (it "
-                    "records its input files' sizes) and run prepare again")
-            offset += len(raw)
+        try:
+            for n, raw in enumerate(f, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    where = "of the decompressed text" if path.endswith(".gz") else "of the file"
+                    return UserError(
+                        f"{path}: line {n} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte offset "
+                        f"{offset + e.start} {where}, byte {e.start + 1} of the line). prepare reads UTF-8 "
+                        f"text: re-encode the file (`file -i {path}` guesses its encoding; e.g. `iconv -f "
+                        f"ISO-8859-1 -t UTF-8 {path} > {path}.utf8` for Latin-1), or remove the invalid bytes "
+                        "(`iconv -f UTF-8 -t UTF-8 -c`) or fix that line by hand; then delete the output "
+                        "folder (it records its input files' sizes) and run prepare again")
+                offset += len(raw)
+        except _GZIP_ERRORS as e:  # a damaged .gz that is also not UTF-8 before the damage
+            return _gzip_error(path, e, n)
     return UserError(f"{path}: not valid UTF-8; re-encode it to UTF-8 (e.g. with iconv) and run prepare again")
 
 
 def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a text file; invalid UTF-8 is a UserError naming line and byte."""
+    """(line number, line) of a text file; invalid UTF-8 or a damaged .gz is a UserError naming the file."""
+    n = 0
     with _open_text(path) as f:
         try:
-            yield from enumerate(f, 1)
+            for n, line in enumerate(f, 1):
+                yield n, line
         except UnicodeDecodeError:
             # the decoder reads ahead in blocks: find the line from the bytes
             raise utf8_error(path) from None
+        except _GZIP_ERRORS as e:
+            if not path.endswith(".gz"):
+                raise
+            raise _gzip_error(path, e, n) from None
 
 
 def _numbered_sentences(path: str) -> Iterator[tuple[int, str]]:

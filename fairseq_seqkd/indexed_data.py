@@ -61,6 +61,10 @@ class IndexedReader:
     def __len__(self) -> int:
         return self.count
 
+    def num_tokens(self) -> int:
+        """Token ids in the .bin (its size over the dtype's)."""
+        return os.fstat(self._bin).st_size // self.dtype.itemsize
+
     def _read(self, fd: int, dtype, count: int, offset: int) -> np.ndarray:
         data = os.pread(fd, count * np.dtype(dtype).itemsize, offset)
         return np.frombuffer(data, dtype=dtype, count=count)

@@ -1,9 +1,10 @@
-"""Small file helpers shared by every stage: atomic writes, strict line reading, file hashes."""
+"""Small file helpers shared by every stage: atomic writes, strict line reading, file hashes, free space."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,70 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+FINGERPRINT_WHOLE_BYTES = 64 << 20  # a file up to this size is hashed whole
+FINGERPRINT_EDGE_BYTES = 1 << 20  # a larger one by its first and last this many bytes
+
+
+def _edges_sha256(path: str, size: int) -> str:
+    """sha256 of the whole file if it is at most FINGERPRINT_WHOLE_BYTES, else of its first and last MiB."""
+    if size <= FINGERPRINT_WHOLE_BYTES:
+        return file_sha256(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(FINGERPRINT_EDGE_BYTES))
+        f.seek(size - FINGERPRINT_EDGE_BYTES)
+        h.update(f.read(FINGERPRINT_EDGE_BYTES))
+    return h.hexdigest()
+
+
+def content_fingerprint(path: str | os.PathLike) -> str:
+    r"""sha256 hex digest of the content of a file or of a folder's files, in seconds even for gigabytes.
+
+    The policy (recipes/jobs.py keeps a copy of it): take every file ``os.walk`` lists under the
+    folder, named by its path relative to the folder with ``/`` between parts (a file given alone:
+    the name ``""``, so renaming it keeps its fingerprint), in ``sorted`` order of those names. For
+    each, hash H = sha256 of its whole content if it has at most 64 MiB, else sha256 of its first
+    MiB followed by its last MiB; the fingerprint is the sha256 of the UTF-8 lines
+    ``f"{name}\t{size in bytes}\t{H hex}\n"`` joined in that order. Names, sizes and contents
+    count; times and permissions do not. A change in the middle of a file over 64 MiB that keeps
+    its size goes unseen: for a model, retraining changes every weight, the first MiB's included.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        files = [("", path)]
+    else:
+        files = sorted((os.path.relpath(os.path.join(d, name), path).replace(os.sep, "/"), os.path.join(d, name))
+                       for d, _, names in os.walk(path) for name in names if os.path.isfile(os.path.join(d, name)))
+    h = hashlib.sha256()
+    for name, file in files:
+        size = os.path.getsize(file)
+        h.update(f"{name}\t{size}\t{_edges_sha256(file, size)}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit} ({n:,} bytes)"
+    return f"{n:,} bytes"
+
+
+def check_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
+    """Refuse, before anything is written, a write of about ``needed`` bytes into ``folder`` that its disk cannot hold.
+
+    A full disk is worse found late: a write through a memory map (the teacher cache) dies of
+    SIGBUS with no message, and hours of work are lost. ``folder`` need not exist yet (the disk
+    of its nearest existing parent is asked).
+    """
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise UserError(f"{folder}: {what} needs about {_bytes(needed)} but only {_bytes(free)} are free on its "
+                        "disk; free some space there or choose an output folder on a disk with more room")
 
 
 def count_text_lines(path: str) -> int:

@@ -59,9 +59,11 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from array import array
 from collections import Counter
@@ -76,12 +78,17 @@ from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.evaluation import format_ids
 from fairseq_seqkd.generate_output import UNTAGGED, chunk_blocks, read_chunks, regular_blocks, translated_count
 from fairseq_seqkd.indexed_data import IndexedReader, IndexedWriter, SymbolLines, builder_dtype
+from fairseq_seqkd.io_utils import check_free_space
 from fairseq_seqkd.sentence_bleu import SentenceBLEU
+
+logger = logging.getLogger(__name__)
 
 EMPTY_POLICIES = ("reference", "drop", "error")
 SHARD_NAME = "shard{}.txt"
 CHUNK = 4096  # sentences written at a time: what pass 2 holds in memory, whatever the corpus size
 WORK = ".work"  # the temporary files of pass 1, inside the temporary output folder
+TEMPORARY_PREFIX = ".extract-"  # the temporary output folder inside the output folder
+OWNER = "pid"  # in the temporary folder: "PID HOST" of the extract that made it
 _TYPECODES = {np.dtype(np.uint16): "H", np.dtype(np.uint32): "I", np.dtype(np.int64): "q"}
 
 
@@ -462,6 +469,10 @@ class _DatasetSide:
         sizes = np.array([len(x) for x in items], np.int32)
         return (np.concatenate(items) if items else np.zeros(0, np.int64)), sizes
 
+    def num_tokens(self) -> int:
+        """Token ids of the whole side."""
+        return int(np.asarray(self.dataset.sizes, dtype=np.int64).sum())
+
     def close(self) -> None:
         pass
 
@@ -837,62 +848,122 @@ def _extract(read: Callable[[_Split], _Read], data: str, out: str, split: str, s
              target_lang: str | None, source_text: str | None, empty: str, copy_splits: bool) -> dict:
     """The corpus from pass 1's hypotheses (``read``): empty ones handled, pairs written, files moved into ``out``."""
     task, source, reference, folder = _language_pair_data(data, split, source_lang, target_lang)
-    src, tgt = task.cfg.source_lang, task.cfg.target_lang
-    if os.path.realpath(out) == os.path.realpath(folder):
-        for side in (source, reference):
-            if side is not None:
-                side.close()
-        raise UserError(f"--out {out} is the data folder itself: its {split} split would be overwritten; "
-                        "write the distilled corpus to a new folder")
-    src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
-    n = len(source)
-    what = f"{data} split '{split}'"
-    if source_text is not None:
-        lines = sum(1 for _ in _text_lines(source_text))
-        if lines != n:
-            raise UserError(f"{source_text}: {lines} lines but {what} has {n} sentences: give "
-                            "the source text the data was binarized from")
-    as_string = SymbolLines(src_dict.symbols, unk=src_dict.unk_index, unk_word=src_dict.unk_word,
-                            skip=[src_dict.eos_index, src_dict.bos_index])
-    out_existed = os.path.isdir(out)
-    os.makedirs(out, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=out, prefix=".extract-")
     try:
-        os.makedirs(os.path.join(tmp, WORK))
-        found = read(_Split(source, reference, tgt_dict, n, what, as_string, os.path.join(tmp, WORK)))
-        hyps = found.hyps
-        empty_ids = np.flatnonzero(hyps.length == 1)
-        if len(empty_ids) and empty == "reference" and reference is None:
-            raise UserError(f"{what} has no target side to fall back on for its empty hypotheses: "
-                            "use --empty drop")
-        if len(empty_ids) and empty == "error":
-            raise UserError(found.empty_error(empty_ids))
-
+        src, tgt = task.cfg.source_lang, task.cfg.target_lang
+        if os.path.realpath(out) == os.path.realpath(folder):
+            raise UserError(f"--out {out} is the data folder itself: its {split} split would be overwritten; "
+                            "write the distilled corpus to a new folder")
+        src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
+        n = len(source)
+        what = f"{data} split '{split}'"
+        if source_text is not None:
+            lines = sum(1 for _ in _text_lines(source_text))
+            if lines != n:
+                raise UserError(f"{source_text}: {lines} lines but {what} has {n} sentences: give "
+                                "the source text the data was binarized from")
+        as_string = SymbolLines(src_dict.symbols, unk=src_dict.unk_index, unk_word=src_dict.unk_word,
+                                skip=[src_dict.eos_index, src_dict.bos_index])
         others = _other_split_files(folder, split, src, tgt) if copy_splits else []
-        sides = ((src, src_dict), (tgt, tgt_dict))
-        prefix = os.path.join(tmp, f"{split}.{src}-{tgt}.")
-        written, target_tokens = _write_pairs(prefix, sides, hyps, source, reference, empty,
-                                              source_text, as_string)
-        shutil.rmtree(os.path.join(tmp, WORK))
-        report = {
-            "split": split, "source_lang": src, "target_lang": tgt, "sentences": n, "written": written,
-            **found.report, "empty_hypotheses": len(empty_ids), "empty_policy": empty,
-            "empty_ids": empty_ids[:1000].tolist(), "dropped_ids": empty_ids[:1000].tolist() if empty == "drop" else [],
-            "source": source_text or os.path.join(folder, f"{split}.{src}-{tgt}.{src}"),
-            "target_tokens": target_tokens,
-            "copied_splits": sorted({name.split(".")[0] for name in others}),
-        }
-        _finish(out, tmp, split, sides, folder, others, report)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not out_existed and not os.listdir(out):
-            os.rmdir(out)
-        raise
+        out_existed = os.path.isdir(out)
+        if out_existed:
+            _remove_stale_temporaries(out)
+        copied = others + [f"dict.{lang}.txt" for lang in (src, tgt)]
+        check_free_space(out, _corpus_bytes(source, reference, n, src_dict, tgt_dict, folder, copied),
+                         f"extract's corpus of {what}")
+        os.makedirs(out, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=out, prefix=TEMPORARY_PREFIX)
+        try:  # the temporary folder goes, whatever happens; a killed extract's goes at the next one's start
+            with open(os.path.join(tmp, OWNER), "w", encoding="utf-8") as f:
+                f.write(f"{os.getpid()} {socket.gethostname()}\n")
+            os.makedirs(os.path.join(tmp, WORK))
+            found = read(_Split(source, reference, tgt_dict, n, what, as_string, os.path.join(tmp, WORK)))
+            hyps = found.hyps
+            empty_ids = np.flatnonzero(hyps.length == 1)
+            if len(empty_ids) and empty == "reference" and reference is None:
+                raise UserError(f"{what} has no target side to fall back on for its empty hypotheses: "
+                                "use --empty drop")
+            if len(empty_ids) and empty == "error":
+                raise UserError(found.empty_error(empty_ids))
+
+            sides = ((src, src_dict), (tgt, tgt_dict))
+            prefix = os.path.join(tmp, f"{split}.{src}-{tgt}.")
+            written, target_tokens = _write_pairs(prefix, sides, hyps, source, reference, empty,
+                                                  source_text, as_string)
+            shutil.rmtree(os.path.join(tmp, WORK))
+            report = {
+                "split": split, "source_lang": src, "target_lang": tgt, "sentences": n, "written": written,
+                **found.report, "empty_hypotheses": len(empty_ids), "empty_policy": empty,
+                "empty_ids": empty_ids[:1000].tolist(),
+                "dropped_ids": empty_ids[:1000].tolist() if empty == "drop" else [],
+                "source": source_text or os.path.join(folder, f"{split}.{src}-{tgt}.{src}"),
+                "target_tokens": target_tokens,
+                "copied_splits": sorted({name.split(".")[0] for name in others}),
+            }
+            _finish(out, tmp, split, sides, folder, others, report)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not out_existed and not os.listdir(out):
+                os.rmdir(out)
     finally:
         source.close()
         if reference is not None:
             reference.close()
     return report
+
+
+def _remove_stale_temporaries(out: str) -> None:
+    """Remove the temporary folders in ``out`` of extracts that were killed: their owner is gone from this host."""
+    host = socket.gethostname()
+    for name in sorted(os.listdir(out)):
+        path = os.path.join(out, name)
+        if not name.startswith(TEMPORARY_PREFIX) or not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, OWNER), encoding="utf-8") as f:
+                pid_text, _, owner_host = f.read().strip().partition(" ")
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            logger.warning("%s: the temporary folder of an extract that does not name its process (no readable %s "
+                           "file); delete it if no extract into %s is running", path, OWNER, out)
+            continue
+        if owner_host != host or pid <= 0 or _alive(pid):  # another host's process cannot be asked
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        logger.info("%s: removed, the temporary folder of an extract (process %d on %s) that is gone", path, pid,
+                    host)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a process of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _symbol_bytes(dictionary) -> float:
+    """Bytes a token takes as text on average: its symbol (weighted by the dictionary's counts) and a separator."""
+    counts = np.asarray(dictionary.count, dtype=np.float64)
+    lengths = np.fromiter((len(w.encode("utf-8")) for w in dictionary.symbols), np.float64, len(dictionary.symbols))
+    total = counts.sum()
+    return 1.0 + float((counts * lengths).sum() / total if total > 0 else lengths.mean())
+
+
+def _corpus_bytes(source, reference, n: int, src_dict, tgt_dict, folder: str, copied: list[str]) -> int:
+    """About the most disk space an extract takes at once, known before it reads anything.
+
+    Both sides binarized (``.bin`` and ``.idx``) and as text, pass 1's temporary token ids of the
+    target, and the files copied from ``folder``. The target is taken to be as long as the
+    reference (the source where the data has none): a teacher's translation is about as long.
+    """
+    tgt_tokens = (reference if reference is not None else source).num_tokens()
+    total = source.num_tokens() * (builder_dtype(len(src_dict)).itemsize + _symbol_bytes(src_dict))
+    total += tgt_tokens * (2 * builder_dtype(len(tgt_dict)).itemsize + _symbol_bytes(tgt_dict))
+    total += 2 * (26 + 12 * n)  # each index: a header, then an int32 size and an int64 pointer per sentence
+    return int(total) + sum(os.path.getsize(os.path.join(folder, name)) for name in copied)
 
 
 def _write_pairs(prefix: str, sides: tuple, hyps: Hypotheses, source, reference, empty: str,
@@ -1009,7 +1080,6 @@ def _finish(out: str, tmp: str, split: str, sides: tuple, folder: str, others: l
         os.remove(os.path.join(out, report_name))
     os.makedirs(os.path.join(out, "text"), exist_ok=True)
     names = [os.path.join("text", x) for x in sorted(os.listdir(os.path.join(tmp, "text")))]
-    names += sorted(x for x in os.listdir(tmp) if x not in ("text", report_name, WORK))
+    names += sorted(x for x in os.listdir(tmp) if x not in ("text", report_name, WORK, OWNER))
     for name in names + [report_name]:
         os.replace(os.path.join(tmp, name), os.path.join(out, name))
-    shutil.rmtree(tmp, ignore_errors=True)

@@ -95,6 +95,15 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
+def shard_layout(num_sentences: int, num_tokens: int, k: int, ids_dtype: str) -> dict[str, int]:
+    """Where a shard file's arrays start (``offsets_at``, ``ids_at``, ``probs_at``) and its size (``bytes``)."""
+    offsets_at = SHARD_HEADER_BYTES
+    ids_at = _align(offsets_at + 8 * (num_sentences + 1))
+    probs_at = _align(ids_at + num_tokens * k * np.dtype(ids_dtype).itemsize)
+    end = probs_at + num_tokens * k * np.dtype(PROBS_DTYPE).itemsize
+    return {"offsets_at": offsets_at, "ids_at": ids_at, "probs_at": probs_at, "bytes": end}
+
+
 def _rebuild_hint(split: str, directory: str) -> str:
     return (f"`fairseq-seqkd cache DATA --path TEACHER.pt --split {split} --out {directory}` "
             "(with the options of the first run)")
@@ -133,13 +142,8 @@ class ShardWriter:
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         ntok = int(offsets[-1])
-        ids_size = np.dtype(meta["ids_dtype"]).itemsize
-        offsets_at = SHARD_HEADER_BYTES
-        ids_at = _align(offsets_at + 8 * (n + 1))
-        probs_at = _align(ids_at + ntok * k * ids_size)
-        end = probs_at + ntok * k * np.dtype(PROBS_DTYPE).itemsize
-        self.header = {**meta, "num_sentences": n, "num_tokens": ntok, "offsets_at": offsets_at,
-                       "ids_at": ids_at, "probs_at": probs_at, "bytes": end}
+        layout = shard_layout(n, ntok, k, meta["ids_dtype"])
+        self.header = {**meta, "num_sentences": n, "num_tokens": ntok, **layout}
         self.offsets = offsets
         self.done, why = (None, "none") if not os.path.exists(self.tmp) else _progress(self.tmp, self.header,
                                                                                       offsets)
@@ -150,14 +154,14 @@ class ShardWriter:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             with open(self.tmp, "wb") as f:
                 f.write(_encode_shard_header({**self.header, "done_sentences": 0}))
-                f.truncate(end)
-            offsets_map = np.memmap(self.tmp, np.int64, "r+", offset=offsets_at, shape=(n + 1,))
+                f.truncate(layout["bytes"])
+            offsets_map = np.memmap(self.tmp, np.int64, "r+", offset=layout["offsets_at"], shape=(n + 1,))
             offsets_map[:] = offsets
             offsets_map.flush()
             del offsets_map
             self.done = 0
-        self.ids = _map(self.tmp, meta["ids_dtype"], "r+", ids_at, (ntok, k))
-        self.probs = _map(self.tmp, PROBS_DTYPE, "r+", probs_at, (ntok, k))
+        self.ids = _map(self.tmp, meta["ids_dtype"], "r+", layout["ids_at"], (ntok, k))
+        self.probs = _map(self.tmp, PROBS_DTYPE, "r+", layout["probs_at"], (ntok, k))
         self.written = np.zeros(n, dtype=bool)
         self.written[:self.done] = True
 

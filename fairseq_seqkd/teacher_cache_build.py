@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from fairseq_seqkd.errors import UserError
@@ -26,7 +27,7 @@ from fairseq_seqkd.fairseq_glue import (
     teacher_batches,
     teacher_topk,
 )
-from fairseq_seqkd.io_utils import file_sha256
+from fairseq_seqkd.io_utils import check_free_space, file_sha256
 from fairseq_seqkd.teacher_cache import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -40,6 +41,7 @@ from fairseq_seqkd.teacher_cache import (
     ids_dtype_for,
     merge_shards,
     read_shard_header,
+    shard_layout,
     shard_path,
     shard_range,
 )
@@ -92,6 +94,9 @@ def build_cache(data: str, teacher_path: str, out_dir: str, split: str = "train"
                 "target_dictionary_sha256": dictionary_hash(tgt_dict), "total_sentences": len(dataset),
                 "num_shards": num_shards}
     _check_existing(out_dir, split, identity)
+    shards = range(num_shards) if shard_id is None else [shard_id]
+    check_free_space(out_dir, _bytes_to_write(out_dir, split, shards, num_shards, lengths, k, identity["ids_dtype"]),
+                     f"the teacher cache of split '{split}' (top-{k}, {len(shards)} shard(s) of {num_shards})")
     if use_cuda:
         teacher.cuda()
     if fp16:
@@ -99,7 +104,7 @@ def build_cache(data: str, teacher_path: str, out_dir: str, split: str = "train"
     pad, left_pad = tgt_dict.pad(), bool(getattr(dataset, "left_pad_target", False))
     order = None
     built, skipped, resumed, batches = [], [], {}, 0
-    for i in range(num_shards) if shard_id is None else [shard_id]:
+    for i in shards:
         path = shard_path(out_dir, split, i, num_shards)
         first, end = shard_range(len(dataset), num_shards, i)
         tokens_hash = target_tokens_hash(dataset, first, end)
@@ -160,6 +165,22 @@ def build_cache(data: str, teacher_path: str, out_dir: str, split: str = "train"
                         f"has {int(lengths.sum())}; delete the cache and rebuild it")
     return {"header": header, "built": built, "skipped": skipped, "missing": missing, "resumed": resumed,
             "batches": batches, "seconds": time.perf_counter() - start}
+
+
+def _bytes_to_write(out_dir: str, split: str, shards: Sequence[int], num_shards: int, lengths: np.ndarray, k: int,
+                    ids_dtype: str) -> int:
+    """Disk space the unfinished ``shards`` still need: their files' sizes, less what a partial one holds already."""
+    needed = 0
+    for i in shards:
+        path = shard_path(out_dir, split, i, num_shards)
+        if os.path.exists(path):
+            continue
+        first, end = shard_range(len(lengths), num_shards, i)
+        size = shard_layout(end - first, int(lengths[first:end].sum()), k, ids_dtype)["bytes"]
+        # a partial shard is a sparse file: only the blocks of its written chunks are on disk
+        held = os.stat(path + ".tmp").st_blocks * 512 if os.path.exists(path + ".tmp") else 0
+        needed += max(0, size - held)
+    return needed
 
 
 def _check_existing(out_dir: str, split: str, identity: dict) -> None:

@@ -282,6 +282,32 @@ def test_invalid_utf8_is_an_error_naming_file_line_and_byte(tmp_path):
         prepare_corpus(raw, str(tmp_path / "out"), "en", "de", vocab_size=50)
 
 
+def test_a_truncated_or_non_gzip_gz_file_is_an_error_naming_the_file_and_the_fix(tmp_path, capsys):
+    import gzip
+
+    from fairseq_seqkd import cli
+
+    write_corpus(str(tmp_path), {"train": 3000, "valid": 10, "test": 10}, seed=4)
+    packed = gzip.compress((tmp_path / "train.de").read_bytes())
+    (tmp_path / "cut.de.gz").write_bytes(packed[:len(packed) // 2])  # a download that stopped halfway
+    (tmp_path / "plain.de.gz").write_bytes((tmp_path / "train.de").read_bytes())  # named .gz, never compressed
+    for name, what in (("cut.de.gz", r"the gzip file is cut short \(truncated; its text ends abruptly after line \d+"),
+                       ("plain.de.gz", "not gzip data, although its name ends in .gz")):
+        path = str(tmp_path / name)
+        with pytest.raises(UserError) as e:  # not a bare EOFError / gzip.BadGzipFile
+            read_side(path)
+        assert re.match(re.escape(path) + ": " + what, str(e.value)), str(e.value)
+        assert f"gzip -t {path}" in str(e.value) and "re-download it or re-compress it" in str(e.value)
+        # through the command: the named error, exit 2, and no output file but the recorded settings
+        out = tmp_path / f"out-{name}"
+        argv = ["prepare", str(out), "--src", "en", "--tgt", "de", "--train", str(tmp_path / "train.en"), path,
+                "--valid", str(tmp_path / "valid.en"), str(tmp_path / "valid.de"),
+                "--test", str(tmp_path / "test.en"), str(tmp_path / "test.de"), "--vocab-size", "100"]
+        assert cli.main(argv) == 2
+        assert f"fairseq-seqkd prepare: error: {path}: " in capsys.readouterr().err
+        assert os.listdir(out) == [".prepare.settings.json"]
+
+
 def test_a_valid_or_test_sentence_too_long_for_fairseq_is_an_error_naming_file_and_line(tmp_path):
     write_corpus(str(tmp_path), {"train": 300, "valid": 10, "test": 10}, seed=5)
     valid_en = (tmp_path / "valid.en").read_text().splitlines()

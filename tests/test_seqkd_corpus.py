@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -354,3 +355,67 @@ def test_data_in_another_fairseq_format_gives_the_same_corpus(generated, toy_dat
     extract_corpus([str(gen)], str(toy_data_bin), str(tmp_path / "from_mmap"), split=SPLIT)
     for name in (f"{SPLIT}.en-de.en.bin", f"{SPLIT}.en-de.de.bin", f"text/{SPLIT}.en", f"text/{SPLIT}.de"):
         assert (tmp_path / "from_cached" / name).read_bytes() == (tmp_path / "from_mmap" / name).read_bytes(), name
+
+
+def test_a_killed_extracts_temporary_folder_goes_at_the_next_extract_and_a_failing_one_leaves_none(
+        generated, toy_data_bin, tmp_path, monkeypatch, caplog):
+    import socket
+    import subprocess
+    import sys
+
+    from fairseq_seqkd import seqkd_corpus
+
+    host = socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # exited and reaped: its pid names no process
+    out = tmp_path / "out"
+    owners = {"killed": f"{gone.pid} {host}", "running": f"{os.getpid()} {host}",
+              "elsewhere": f"{gone.pid} another-host.example"}
+    for name, owner in owners.items():
+        (out / f".extract-{name}" / ".work").mkdir(parents=True)
+        (out / f".extract-{name}" / ".work" / "hypotheses.ids").write_bytes(b"\0" * 1000)
+        (out / f".extract-{name}" / "pid").write_text(owner + "\n")
+    (out / ".extract-unowned").mkdir()  # left by an older version: whose it is cannot be known
+    with caplog.at_level("INFO", logger="fairseq_seqkd.seqkd_corpus"):
+        extract_corpus([str(generated / "whole" / "shard0.txt")], str(toy_data_bin), str(out), split=SPLIT)
+    assert sorted(p.name for p in out.glob(".extract-*")) == [".extract-elsewhere", ".extract-running",
+                                                             ".extract-unowned"]
+    assert f"{out / '.extract-killed'}: removed" in caplog.text and f"process {gone.pid}" in caplog.text
+    assert f"{out / '.extract-unowned'}: the temporary folder of an extract that does not name" in caplog.text
+    assert not (out / "pid").exists() and (out / f"{SPLIT}.extract.json").exists()
+
+    # a failure (here a disk that fills up while the pairs are written) leaves no temporary folder
+    def disk_full(prefix, *args, **kwargs):
+        temporary = os.path.dirname(prefix)
+        assert (Path(temporary) / "pid").read_text().split() == [str(os.getpid()), host]
+        (Path(temporary) / "text").mkdir()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(seqkd_corpus, "_write_pairs", disk_full)
+    for folder in (out, tmp_path / "new"):
+        before = sorted(os.listdir(folder)) if folder.exists() else None
+        with pytest.raises(OSError, match="No space left"):
+            extract_corpus([str(generated / "whole" / "shard0.txt")], str(toy_data_bin), str(folder), split=SPLIT)
+        assert (sorted(os.listdir(folder)) if folder.exists() else None) == before
+
+
+def test_too_little_free_space_is_refused_before_anything_is_written(generated, toy_data_bin, tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=50_000))
+    gen = [str(generated / "whole" / "shard0.txt")]
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as e:
+        extract_corpus(gen, str(toy_data_bin), str(out), split=SPLIT)
+    msg = str(e.value)
+    assert msg.startswith(f"{out}: extract's corpus of {toy_data_bin} split '{SPLIT}' needs about ")
+    assert "but only 48.8 KiB (50,000 bytes) are free on its disk" in msg and not out.exists()
+    (out / "keep").mkdir(parents=True)
+    with pytest.raises(UserError, match="50,000 bytes"):
+        extract_corpus(gen, str(toy_data_bin), str(out), split=SPLIT)
+    assert os.listdir(out) == ["keep"]
+    # the estimate bounds what is written, and not by much
+    needed = int(re.search(r"\(([\d,]+) bytes\) but", msg).group(1).replace(",", ""))
+    monkeypatch.undo()
+    extract_corpus(gen, str(toy_data_bin), str(out), split=SPLIT)
+    written = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert written < needed < 2 * written, (written, needed)

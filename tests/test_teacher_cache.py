@@ -210,6 +210,24 @@ def test_sharded_build_resumes_after_a_crash_left_a_partial_shard(toy_data_bin, 
         build(toy_data_bin, toy_teacher, out, topk=4, num_shards=3)
 
 
+def test_too_little_free_space_is_refused_before_anything_is_written(toy_data_bin, toy_teacher, tmp_path,
+                                                                     monkeypatch):
+    """A full disk under the cache's memory maps would kill the build with SIGBUS ("exited -7"), unexplained."""
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=4096))
+    out = tmp_path / "cache"
+    with pytest.raises(UserError) as e:
+        build(toy_data_bin, toy_teacher, out, topk=8, num_shards=2)
+    msg = str(e.value)
+    assert msg.startswith(f"{out}: the teacher cache of split 'valid' (top-8, 2 shard(s) of 2) needs about ")
+    assert "but only 4.0 KiB (4,096 bytes) are free on its disk" in msg and not out.exists()
+    # what it asked for is what the build then writes
+    needed = int(re.search(r"\(([\d,]+) bytes\) but", msg).group(1).replace(",", ""))
+    monkeypatch.undo()
+    build(toy_data_bin, toy_teacher, out, topk=8, num_shards=2)
+    assert needed == sum(p.stat().st_size for p in out.glob("valid.shard*.bin"))
+
+
 def cli_verify(data, out, split="valid") -> None:
     """`fairseq-seqkd cache DATA --verify` in process; UserError propagates as the CLI would print it."""
     args = cli.build_parser().parse_args(["cache", str(data), "--verify", "--split", split,
