@@ -4,7 +4,7 @@
 #
 # The environment a recipe reads (everything else is a setting: recipes/config/defaults.yaml):
 #   RUN          the run folder (default runs/<recipe>)
-#   RAW_DIR      where the raw data files are, or go (default RUN/raw)
+#   RAW_DIR      your folder of raw data files, read only (default RUN/raw, where the pipeline downloads)
 #   TEACHER_DIR  a fairseq teacher folder to distill instead of training one (setting teacher_dir)
 #   TEACHER_ENGINE  fairseq (default) or ct2: who translates the training set (teacher_engine)
 #   TEACHER_CT2  any CTranslate2 model folder as the teacher (teacher_ct2; implies TEACHER_ENGINE=ct2)
@@ -58,6 +58,67 @@ provenance_end() {
   PROVENANCE=""
 }
 
+# The environment's settings (RAW_DIR=... is raw_dir: ..., and so on), saved with the run in
+# RUN/.environment.yaml: a variable set now wins (set empty, it clears the saved value), one not set keeps
+# the value saved by the invocation before, so a resumed run without RAW_DIR or TEACHER_DIR in its
+# environment is the same run. RAW_DIR_DEFAULT (a recipe's) applies only where nothing is saved.
+ENV_SETTINGS=(raw_dir:RAW_DIR teacher_dir:TEACHER_DIR teacher_ct2:TEACHER_CT2 teacher_engine:TEACHER_ENGINE)
+
+# environment_layer RUN_DIR DRY: print the path of the layer to pass to Snakemake ('' for none). A dry run
+# writes nothing in the run folder: a changed layer goes to a temporary file instead.
+environment_layer() {
+  local run="$1" dry="$2" saved="$1/.environment.yaml" line key val var pair lines="" now
+  declare -A value=()
+  if [ -f "$saved" ]; then
+    while IFS= read -r line; do
+      case "$line" in \#*|"") continue;; esac
+      key="${line%%: *}"; val="${line#*: }"
+      if [[ $val == \'*\' ]]; then val="${val:1:${#val}-2}"; val="${val//\'\'/\'}"; fi
+      value[$key]="$val"
+    done <"$saved"
+  fi
+  local -A reused=()
+  for key in "${!value[@]}"; do reused[$key]=1; done
+  if [ -z "${value[raw_dir]:-}" ] && [ -z "${RAW_DIR+x}" ] && [ -n "${RAW_DIR_DEFAULT:-}" ]; then
+    value[raw_dir]="$RAW_DIR_DEFAULT"; unset 'reused[raw_dir]'
+  fi
+  for pair in "${ENV_SETTINGS[@]}"; do
+    key="${pair%%:*}"; var="${pair#*:}"
+    [ -n "${!var+x}" ] || continue
+    unset 'reused[$key]'
+    if [ -z "${!var}" ]; then unset 'value[$key]'; continue; fi
+    case "$var" in
+      RAW_DIR|TEACHER_DIR|TEACHER_CT2)
+        [ -d "${!var}" ] || die "$var: ${!var} is not a folder"
+        value[$key]="$(cd "${!var}" && pwd)";;
+      TEACHER_ENGINE)
+        case "$TEACHER_ENGINE" in fairseq|ct2) ;; *) die "TEACHER_ENGINE=$TEACHER_ENGINE: use fairseq or ct2";; esac
+        value[$key]="$TEACHER_ENGINE";;
+    esac
+  done
+  if [ -n "${TEACHER_CT2:-}" ]; then value[teacher_engine]=ct2; unset 'reused[teacher_engine]'; fi
+  for pair in "${ENV_SETTINGS[@]}"; do
+    key="${pair%%:*}"; var="${pair#*:}"
+    [ -n "${value[$key]:-}" ] || continue
+    if [ "$key" = teacher_engine ]; then lines+="$key: ${value[$key]}"$'\n'
+    else lines+="$key: $(yaml_string "${value[$key]}")"$'\n'; fi
+    [ -n "${reused[$key]:-}" ] && printf '%s | recipe | %s=%s, as saved with the run in %s (set %s= to change it)\n' \
+      "$(date '+%F %T')" "$var" "${value[$key]}" "$saved" "$var" >&2
+  done
+  [ -n "$lines" ] || { [ "$dry" = 1 ] || rm -f "$saved"; return 0; }
+  now="# the recipe's environment (RAW_DIR, TEACHER_DIR, TEACHER_CT2, TEACHER_ENGINE), saved with the run"$'\n'"$lines"
+  if [ -f "$saved" ] && [ "$(cat "$saved"; echo x)" = "${now}x" ]; then echo "$saved"; return 0; fi
+  if [ "$dry" = 1 ]; then
+    local tmp
+    tmp="$(mktemp "${TMPDIR:-/tmp}/environment.XXXXXX.yaml")"
+    printf '%s' "$now" >"$tmp"
+    echo "$tmp"
+  else
+    printf '%s' "$now" >"$saved.tmp" && mv "$saved.tmp" "$saved"
+    echo "$saved"
+  fi
+}
+
 # run_pipeline RUN_DIR CONFIG... -- SNAKEMAKE_ARGS...: the layers in order, then CONFIGFILE's,
 # then a generated one for RAW_DIR and the TEACHER_* variables; Snakemake's own arguments last.
 run_pipeline() {
@@ -77,41 +138,6 @@ run_pipeline() {
     [ -f "$mine" ] || die "CONFIGFILE: $mine is not a file"
     configs+=("$(cd "$(dirname "$mine")" && pwd)/$(basename "$mine")")
   done
-  mkdir -p "$run"
-  run="$(cd "$run" && pwd)"
-  # the environment's settings, a layer of their own (RAW_DIR=... is raw_dir: ..., and so on)
-  local env_layer="$run/.environment.yaml" lines="" path
-  rm -f "$run/.raw_dir.yaml"  # its former name
-  if [ -n "${RAW_DIR:-}" ]; then
-    mkdir -p "$RAW_DIR"
-    lines+="raw_dir: $(yaml_string "$(cd "$RAW_DIR" && pwd)")"$'\n'
-  fi
-  if [ -n "${TEACHER_DIR:-}" ]; then
-    [ -d "$TEACHER_DIR" ] || die "TEACHER_DIR: $TEACHER_DIR is not a folder"
-    lines+="teacher_dir: $(yaml_string "$(cd "$TEACHER_DIR" && pwd)")"$'\n'
-  fi
-  if [ -n "${TEACHER_CT2:-}" ]; then
-    [ -d "$TEACHER_CT2" ] || die "TEACHER_CT2: $TEACHER_CT2 is not a folder"
-    lines+="teacher_ct2: $(yaml_string "$(cd "$TEACHER_CT2" && pwd)")"$'\n'
-    lines+="teacher_engine: ct2"$'\n'
-  fi
-  if [ -n "${TEACHER_ENGINE:-}" ]; then
-    case "$TEACHER_ENGINE" in fairseq|ct2) ;; *) die "TEACHER_ENGINE=$TEACHER_ENGINE: use fairseq or ct2";; esac
-    lines+="teacher_engine: $TEACHER_ENGINE"$'\n'
-  fi
-  if [ -n "$lines" ]; then
-    printf '# written by the recipe from the environment (RAW_DIR, TEACHER_DIR, TEACHER_ENGINE, TEACHER_CT2)\n%s' \
-      "$lines" >"$env_layer"
-    configs+=("$env_layer")
-  else
-    rm -f "$env_layer"
-  fi
-  command -v snakemake >/dev/null || die "snakemake is not on PATH: run 'make install' and 'source .venv/bin/activate'"
-  local cmd=(snakemake --snakefile "$RECIPES/Snakefile" --directory "$run" --configfile "${configs[@]}")
-  # unattended restarts: a job killed mid-write is redone. Jobs run as threads of Snakemake (each
-  # command is its own process: a job starts in milliseconds, not seconds). The terminal shows one
-  # line per command (recipes/jobs.py) and the progress; a dry run shows every job in full, with
-  # its reason, threads and resources. All cores unless -j/--cores or a profile says otherwise.
   local dry=0 has_cores=0
   for arg in "$@"; do
     case "$arg" in
@@ -119,8 +145,23 @@ run_pipeline() {
       -j|-j?*|--jobs|--jobs=*|-c|-c?*|--cores|--cores=*|--profile|--profile=*) has_cores=1;;
     esac
   done
+  mkdir -p "$run"
+  run="$(cd "$run" && pwd)"
+  local env_layer
+  env_layer="$(environment_layer "$run" "$dry")" || exit 2
+  [ -n "$env_layer" ] && configs+=("$env_layer")
+  command -v snakemake >/dev/null || die "snakemake is not on PATH: run 'make install' and 'source .venv/bin/activate'"
+  local cmd=(snakemake --snakefile "$RECIPES/Snakefile" --directory "$run" --configfile "${configs[@]}")
+  # unattended restarts: a job killed mid-write is redone. Jobs run as threads of Snakemake (each
+  # command is its own process: a job starts in milliseconds, not seconds). The terminal shows one
+  # line per command (recipes/jobs.py) and the progress; a dry run shows every job in full, with
+  # its reason, threads and resources. All cores unless -j/--cores or a profile says otherwise.
   if [ "$dry" = 1 ]; then cmd+=(--quiet host); else cmd+=(--quiet rules host reason); fi
   [ "$has_cores" = 1 ] || [ "$dry" = 1 ] || cmd+=(--cores all)
+  # what reruns a job: its parameters (content fingerprints of the user's files among them), its code, an
+  # input file newer than its output (the user's files excepted: ancient in the Snakefile), never a path
+  # alone (the same raw files in a moved RAW_DIR rerun nothing): docs/recipes.md, "What a rerun does"
+  cmd+=(--rerun-triggers mtime params software-env code)
   cmd+=(--rerun-incomplete --force-use-threads)  # flags last: they end --quiet's list before a target
   printf '%s | recipe | run folder %s; configuration: %s\n' "$(date '+%F %T')" "$run" "${configs[*]##*/}" >&2
   if [ "$dry" = 0 ]; then
@@ -128,9 +169,18 @@ run_pipeline() {
     trap 'provenance_end 130; exit 130' INT
     trap 'provenance_end 143; exit 143' TERM
   fi
-  local rc=0
+  local rc=0 new_state=()
+  if [ "$dry" = 1 ]; then  # what Snakemake's dry run adds to its own state (a file-stat cache, a lock folder)
+    for arg in "$run/.snakemake/iocache/latest.pkl" "$run/.snakemake/locks"; do
+      [ -e "$arg" ] || new_state+=("$arg")
+    done
+  fi
   "${cmd[@]}" "$@" || rc=$?
   provenance_end "$rc"
+  if [ "$dry" = 1 ]; then  # a dry run leaves the run folder as it found it
+    for arg in "${new_state[@]}"; do rm -f "$arg" 2>/dev/null || rmdir "$arg" 2>/dev/null || true; done
+    [ -n "$env_layer" ] && [ "$env_layer" != "$run/.environment.yaml" ] && rm -f "$env_layer"
+  fi
   trap - INT TERM
   [ "$rc" = 0 ] || exit "$rc"
   if [ "$dry" = 0 ] && [ -e "$run/report.md" ]; then

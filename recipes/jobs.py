@@ -8,8 +8,10 @@ name and renamed only when the command succeeded: nothing that looks finished is
 
 Training is the one job that must survive its own failure: its declared output is a completion
 file written at its end (``train.done``), never the checkpoint folder, so a killed training
-resumes from ``checkpoint_last.pt``. A training whose options or inputs changed starts afresh;
-the earlier one is moved aside, not deleted.
+resumes from ``checkpoint_last.pt`` (a torn one falls back to the newest whole interval
+checkpoint). A training whose options or inputs (by content) changed starts afresh; the earlier
+one is kept under ``superseded/`` and comes back when they change back. One writer per folder
+(a lock its commands inherit), and every command dies with the process that started it.
 
 Imported by the Snakefile and the tests; it does not import fairseq or the plugin (a job
 process starts in a second), and only asks torch whether a GPU is there when the configuration
@@ -19,19 +21,25 @@ says ``device: auto``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from functools import cache
 from pathlib import Path
+from typing import IO
 
 TAIL_LINES = 25
 # In a job's command, the plugin folder (fairseq's --user-dir): replaced by its path when the command
@@ -100,12 +108,14 @@ def tail(path: str | os.PathLike, lines: int = TAIL_LINES) -> str:
 
 
 def run(cmd: Sequence, log: str | os.PathLike, threads: int = 1, stdout: str | os.PathLike | None = None,
-        stderr: str | os.PathLike | None = None) -> None:
+        stderr: str | os.PathLike | None = None, hold: IO[str] | None = None) -> None:
     """Run ``cmd``: its output is appended to ``log``, or its stdout goes into the file ``stdout``.
 
     ``stdout`` appears only once the command succeeded (written as ``stdout.tmp``, then renamed).
     ``stderr``: a file of its own (rewritten), ``"stdout"`` (into the same file), or the log. A
     failure raises :class:`JobFailed` naming the command, its exit status and the end of its output.
+    ``hold``: a :func:`folder_lock` the command inherits and holds while it lives. The command dies
+    with the process that started it (Snakemake killed: no orphan goes on writing).
     """
     cmd = [PLUGIN_DIR if a == PLUGIN else a for a in args(cmd)]
     log = Path(log)
@@ -123,10 +133,16 @@ def run(cmd: Sequence, log: str | os.PathLike, threads: int = 1, stdout: str | o
         err = stack.enter_context(open(err_path, "a" if err_path == log else "w", encoding="utf-8"))
         out = err if tmp is None or err_path == tmp else stack.enter_context(open(tmp, "w", encoding="utf-8"))
         try:
-            rc = subprocess.run(cmd, stdout=out, stderr=err, env=_env(threads)).returncode
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=_env(threads),
+                                    pass_fds=(hold.fileno(),) if hold is not None else (),
+                                    preexec_fn=_die_with(os.getpid()))
         except FileNotFoundError as e:
             err.write(f"{e}\n")
             rc = 127
+        else:
+            if hold is not None:
+                _hold(hold, proc.pid, cmd)
+            rc = proc.wait()
     if rc != 0:
         where = tail(err_path)
         if tmp is not None:
@@ -139,18 +155,87 @@ def run(cmd: Sequence, log: str | os.PathLike, threads: int = 1, stdout: str | o
     _say(f"{label} | done in {time.monotonic() - t0:.0f} s")
 
 
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _die_with(parent: int):
+    """A ``preexec_fn`` that has the kernel send SIGTERM to the command when its parent dies (Linux)."""
+    if _LIBC is None:
+        return None
+
+    def die_with_parent() -> None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the call above
+            os._exit(143)
+
+    return die_with_parent
+
+
 def _say(text: str) -> None:
     """One line on the terminal (Snakemake's own job display is kept quiet by the recipes)."""
     print(f"{datetime.now():%Y-%m-%d %H:%M:%S} | {text}", file=sys.stderr, flush=True)
 
 
+# A file's content, as the pipeline's fingerprints see it: files up to this size are hashed whole, larger
+# ones by their size and their first and last MiB (a retrained model or a replaced corpus changes those;
+# hashing gigabytes at every plan would not be cheap). fairseq_seqkd/io_utils.py's content_fingerprint
+# has the same policy (this module cannot import the package: it would register the plugin with fairseq
+# inside Snakemake's process).
+WHOLE_HASH_BYTES = 64 << 20
+EDGE_BYTES = 1 << 20
+FINGERPRINT = "fingerprint"  # a work folder's record of what made it
+DONE_RECORD = "train.json"  # a finished training's record inside its folder (train.done is Snakemake's)
+SUPERSEDED = "superseded"  # trainings made with other settings, by name and fingerprint
+
+
+def _file_digest(path: str | os.PathLike) -> str:
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= WHOLE_HASH_BYTES:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(f.read(EDGE_BYTES))
+            f.seek(size - EDGE_BYTES)
+            h.update(f.read(EDGE_BYTES))
+    return h.hexdigest()
+
+
+def content_fingerprint(path: str | os.PathLike) -> str:
+    """A file's or a folder's content as one sha256 hex digest, wherever it lies and whatever its mtime.
+
+    A file: its size and its bytes (files over 64 MiB: size, first and last MiB). A folder: every file
+    under it (sorted relative names), each so. A missing path is a ValueError naming it.
+    """
+    path = Path(path)
+    if path.is_file():
+        return _file_digest(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such file or folder")
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{file.relative_to(path).as_posix()}\0{_file_digest(file)}\n".encode())
+    return h.hexdigest()
+
+
+def contents(paths: Sequence) -> list[str]:
+    """The content fingerprints of ``paths``, in their order: a rule's parameter, so that Snakemake reruns a
+    job whose input files changed even when their modification times say otherwise."""
+    return [content_fingerprint(p) for p in paths]
+
+
 def fingerprint(cmd: Sequence, inputs: Sequence) -> str:
-    """What makes a work folder's content the same: its command and its inputs (path, size, mtime)."""
-    files = []
-    for path in sorted(map(str, inputs)):
-        st = os.stat(path)
-        files.append([path, st.st_size, st.st_mtime_ns])
-    blob = json.dumps({"cmd": args(cmd), "inputs": files}, sort_keys=True)
+    """What makes a work folder's content the same: its command and the content of its inputs.
+
+    An input's path inside the command is replaced by its place in ``inputs``, so the same files reached
+    by another path (a moved raw folder) give the same fingerprint, and a file touched or copied with a new
+    modification time but the same bytes changes nothing.
+    """
+    place = {str(p): f"<input {i}>" for i, p in enumerate(map(str, inputs))}
+    command = [place.get(a, a) for a in args(cmd)]
+    blob = json.dumps({"cmd": command, "inputs": contents(inputs)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -161,34 +246,144 @@ def write_json(path: str | os.PathLike, obj: dict) -> None:
     costs seconds in Snakemake's own process and sets up fairseq's logging there (every Snakemake line
     twice on the terminal).
     """
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-def own_folder(folder: str | os.PathLike, cmd: Sequence, inputs: Sequence, log: str | os.PathLike) -> None:
+def _stamp(folder: Path) -> str | None:
+    marker = folder / FINGERPRINT
+    return marker.read_text().strip() if marker.exists() else None
+
+
+def superseded_path(folder: str | os.PathLike, stamp: str) -> Path:
+    """Where a training made with other settings is kept: ``superseded/NAME.FINGERPRINT12`` beside it."""
+    folder = Path(folder)
+    return folder.parent / SUPERSEDED / f"{folder.name}.{stamp[:12]}"
+
+
+def own_folder(folder: str | os.PathLike, cmd: Sequence, inputs: Sequence, log: str | os.PathLike,
+               keep: bool = False) -> None:
     """Make ``folder`` the work folder of this command and these inputs, keeping what it can resume from.
 
-    ``folder/fingerprint`` records what the folder's content was made with. Same fingerprint: the
-    command may resume from what is there (a killed training from checkpoint_last.pt). Another
-    fingerprint, or none: the old content moves to ``FOLDER.previous`` (replacing an older one),
-    so a changed option or input starts afresh and nothing is deleted on the way.
+    ``folder/fingerprint`` records what the folder's content was made with (:func:`fingerprint`). The
+    same fingerprint: the command may resume from what is there (a killed training from
+    checkpoint_last.pt). Another fingerprint, or none: with ``keep`` (a training) the old content moves to
+    ``superseded/NAME.FINGERPRINT12`` and a folder kept there with this fingerprint comes back (settings
+    changed, then changed back, reuse the finished training); without ``keep`` (intermediate files the
+    command remakes) the old content is deleted.
     """
     folder = Path(folder)
     stamp = fingerprint(cmd, inputs)
-    marker = folder / "fingerprint"
-    if folder.exists() and any(folder.iterdir()):
-        old = marker.read_text().strip() if marker.exists() else None
+    if folder.exists() and any(p.name != FINGERPRINT for p in folder.iterdir()):
+        old = _stamp(folder)
         if old == stamp:
             _note(log, f"{folder}: the same command and inputs as the attempt before: resuming")
+        elif keep:
+            label = old or f"unknown-{datetime.now():%Y%m%dT%H%M%S}"
+            aside = superseded_path(folder, label)
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            if aside.exists():
+                aside = aside.with_name(f"{aside.name}-{datetime.now():%Y%m%dT%H%M%S%f}")
+            folder.rename(aside)
+            _note(log, f"{folder}: made with other options or inputs; kept as {aside}")
+            _say(f"{folder}: made with other settings; kept as {aside} (it comes back if they do)")
         else:
-            previous = Path(f"{folder}.previous")
-            shutil.rmtree(previous, ignore_errors=True)
-            folder.rename(previous)
-            _note(log, f"{folder}: made with other options or inputs; its content moved to {previous}, "
-                       "starting afresh")
+            shutil.rmtree(folder)
+            _note(log, f"{folder}: made with other options or inputs; removed, starting afresh")
+    if keep and not folder.exists():
+        earlier = superseded_path(folder, stamp)
+        if earlier.is_dir() and _stamp(earlier) == stamp:
+            earlier.rename(folder)
+            _note(log, f"{folder}: restored from {earlier}, made with these options and inputs: resuming")
+            _say(f"{folder}: restored from {earlier} (made with these settings)")
     folder.mkdir(parents=True, exist_ok=True)
-    marker.write_text(stamp + "\n")
+    if _stamp(folder) != stamp:
+        write_text_atomic(folder / FINGERPRINT, stamp + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---- one writer per folder ----
+
+LOCKS = ".locks"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: Sequence = ()) -> Iterator[IO[str]]:
+    """Hold the lock of ``folder`` (``.locks/FOLDER.lock`` in the run folder) while the block runs.
+
+    The lock is an ``flock`` on that file, which records the holder's pid, host, start and command. A
+    second writer (an orphan of a killed run after ``--unlock``, another run on the same folder) fails at
+    once with a JobFailed naming the holder. The commands a job starts inherit the descriptor
+    (:func:`run` ``hold=``), so the lock stays held for as long as any of them is alive.
+    """
+    path = Path(LOCKS) / (str(folder).strip("/").replace("/", "%") + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "an unknown process"
+            raise JobFailed(f"{folder} is being written by another process ({holder}; lock {path}): a second "
+                            f"writer would corrupt it. Wait for that process to end, or stop it, then rerun.") from None
+        _hold(f, os.getpid(), what)
+        yield f
+    finally:
+        f.close()  # closing the last descriptor releases the lock
+
+
+def _hold(f: IO[str], pid: int, what: Sequence) -> None:
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {pid} on host {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}"
+            f"{': ' + ' '.join(map(str, what[:2])) if what else ''}\n")
+    f.flush()
+
+
+# ---- resuming a training ----
+
+def whole_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether a torch checkpoint is whole: a zip archive whose directory is there and names its pickle.
+
+    A copy cut short (a kill, a time limit, a full disk) lacks the zip's directory at its end."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(name.endswith("data.pkl") for name in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _interval_update(path: Path) -> int:
+    m = re.fullmatch(r"checkpoint_\d+_(\d+)\.pt", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def check_resume(save_dir: str | os.PathLike, log: str | os.PathLike) -> None:
+    """Make sure fairseq-train can resume ``save_dir``: a torn ``checkpoint_last.pt`` is replaced by the
+    newest whole interval checkpoint (``checkpoint_E_U.pt``) and kept as ``checkpoint_last.pt.torn``; with
+    no whole one to fall back to, a JobFailed says what to delete."""
+    save_dir = Path(save_dir)
+    last = save_dir / "checkpoint_last.pt"
+    if not last.exists() or whole_checkpoint(last):
+        return
+    candidates = sorted(save_dir.glob("checkpoint_*_*.pt"), key=_interval_update, reverse=True)
+    fallback = next((c for c in candidates if _interval_update(c) >= 0 and whole_checkpoint(c)), None)
+    if fallback is None:
+        raise JobFailed(f"{last} is torn (not a whole checkpoint: a copy cut short by a kill, a time limit or a "
+                        f"full disk), and {save_dir} holds no whole interval checkpoint (checkpoint_E_U.pt) to "
+                        f"resume from. Delete it to start this training afresh: rm {last}")
+    os.replace(last, f"{last}.torn")
+    tmp = Path(f"{last}.tmp")
+    shutil.copyfile(fallback, tmp)
+    os.replace(tmp, last)
+    _note(log, f"{last} was torn (kept as {last}.torn): resuming from {fallback}, the newest whole checkpoint")
+    _say(f"{last} was torn: resuming from {fallback}")
 
 
 def run_chunks(cmds: Sequence[Sequence], output: str | os.PathLike, log: str | os.PathLike, inputs: Sequence,
@@ -197,25 +392,30 @@ def run_chunks(cmds: Sequence[Sequence], output: str | os.PathLike, log: str | o
 
     Chunk ``c`` is written to ``OUTPUT.chunks/chunkC.txt`` (through a ``.tmp`` and a rename, its
     stderr beside it) and a finished chunk is not run again: a killed job resumes from its last
-    finished chunk. The folder is owned like a training's (:func:`own_folder`): other commands or
-    inputs start afresh. ``output`` appears, whole, only when every chunk is there.
+    finished chunk. The folder is owned by :func:`own_folder` (other commands or inputs: its chunks
+    are deleted) and locked by :func:`folder_lock`. ``output`` appears, whole, only when every chunk
+    is there; a failed join leaves no ``OUTPUT.tmp``.
     """
     folder = Path(f"{output}.chunks")
-    own_folder(folder, [list(args(c)) for c in cmds], inputs, log)
-    files = [folder / f"chunk{c:04d}.txt" for c in range(len(cmds))]
-    for c, (cmd, path) in enumerate(zip(cmds, files)):
-        if path.exists():
-            _note(log, f"{path}: chunk {c + 1} of {len(cmds)} finished before: not run again")
-            continue
-        run([*args(cmd), *device], log, threads, stdout=path, stderr=f"{path}.log")
-    tmp = Path(f"{output}.tmp")
-    with open(tmp, "wb") as out:
-        for path in files:
-            with open(path, "rb") as f:
-                shutil.copyfileobj(f, out, 1 << 20)
-    os.replace(tmp, output)
-    for path in files:  # the joined output holds them; a rerun of this job would start afresh anyway
-        path.unlink()
+    with folder_lock(folder, cmds[0]) as lock:
+        own_folder(folder, [list(args(c)) for c in cmds], inputs, log)
+        files = [folder / f"chunk{c:04d}.txt" for c in range(len(cmds))]
+        for c, (cmd, path) in enumerate(zip(cmds, files)):
+            if path.exists():
+                _note(log, f"{path}: chunk {c + 1} of {len(cmds)} finished before: not run again")
+                continue
+            run([*args(cmd), *device], log, threads, stdout=path, stderr=f"{path}.log", hold=lock)
+        tmp = Path(f"{output}.tmp")
+        try:
+            with open(tmp, "wb") as out:
+                for path in files:
+                    with open(path, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 20)
+            os.replace(tmp, output)
+        finally:
+            tmp.unlink(missing_ok=True)
+        for path in files:  # the joined output holds them; a rerun of this job would start afresh anyway
+            path.unlink()
 
 
 def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str | os.PathLike,
@@ -223,18 +423,29 @@ def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str
     """Run a fairseq-train command into ``save_dir``, resuming it if it is the same training.
 
     The fingerprint is ``cmd`` and ``inputs``; ``device`` (--cpu, --fp16) is added to the command
-    only when it runs, so a training moved from one machine to another resumes. ``done`` is written
-    at the end: the checkpoint passed on, the seconds this attempt took and the command. (Every
-    checkpoint's sha256 is in the report: this process does not import the package to hash.)
+    only when it runs, so a training moved from one machine to another resumes. The folder is locked
+    (one writer), a training of other settings is kept aside and one of these settings brought back
+    (:func:`own_folder`), a torn checkpoint_last.pt falls back (:func:`check_resume`). ``done`` is
+    written at the end, and a copy inside the folder (train.json): the checkpoint passed on, the
+    seconds this attempt took and the command; a folder brought back finished is not trained again.
     """
-    own_folder(save_dir, cmd, inputs, log)
-    full = [*args(cmd), *args(device)]
-    t0 = time.monotonic()
-    run(full, log, threads)
-    ckpt = Path(save_dir) / checkpoint
-    if not ckpt.exists():
-        raise JobFailed(f"fairseq-train finished without writing {ckpt}; see {log}")
-    write_json(done, {"checkpoint": str(ckpt), "seconds": round(time.monotonic() - t0, 1), "command": full})
+    with folder_lock(save_dir, cmd) as lock:
+        own_folder(save_dir, cmd, inputs, log, keep=True)
+        record = Path(save_dir) / DONE_RECORD
+        ckpt = Path(save_dir) / checkpoint
+        if record.exists() and ckpt.exists() and whole_checkpoint(ckpt):
+            _note(log, f"{save_dir}: finished before with these options and inputs ({record}): not trained again")
+            info = json.loads(record.read_text(encoding="utf-8"))
+        else:
+            check_resume(save_dir, log)
+            full = [*args(cmd), *args(device)]
+            t0 = time.monotonic()
+            run(full, log, threads, hold=lock)
+            if not ckpt.exists():
+                raise JobFailed(f"fairseq-train finished without writing {ckpt}; see {log}")
+            info = {"checkpoint": str(ckpt), "seconds": round(time.monotonic() - t0, 1), "command": full}
+            write_json(record, info)
+        write_json(done, info)
 
 
 def _note(log: str | os.PathLike, text: str) -> None:
@@ -376,9 +587,24 @@ def raw_pairs(config: dict, split: str) -> list[tuple[str, str]]:
 
 
 def inside(path: str, folder: str) -> bool:
-    """Whether ``path`` lies under ``folder``."""
-    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    """Whether ``path`` lies under ``folder``, symbolic links followed (a link to a user's folder is not
+    the run folder's)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
     return os.path.commonpath([path, folder]) == folder
+
+
+def check_raw_files(files: Sequence[str], raw_dir: str, data_script: str | None) -> None:
+    """The user's raw files (``raw_dir`` outside the run folder) must all be there: the pipeline reads them
+    and never writes, downloads into or deletes anything there. A ValueError names the missing ones."""
+    missing = [f for f in files if not os.path.isfile(f)]
+    if not missing:
+        return
+    get = (f"download them yourself with 'bash recipes/data/{data_script}.sh download {absolute(raw_dir)}', or "
+           "unset RAW_DIR so the pipeline downloads the data into RUN/raw" if data_script else
+           "copy them there")
+    raise ValueError(f"raw_dir {absolute(raw_dir)} (RAW_DIR) is your folder, read and never written by the "
+                     f"pipeline, and it lacks {len(missing)} of the {len(files)} raw files: "
+                     f"{', '.join(missing)}. Put them there ({get}; the file names are in docs/recipes.md).")
 
 
 def ratio_name(ratio) -> str:

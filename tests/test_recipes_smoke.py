@@ -177,6 +177,21 @@ def test_rerun_runs_nothing(wmt_copy, smoke_runs):
     assert len(invocations) == 2 and invocations[-1].read_text().endswith("exit 0\n")
 
 
+def test_the_report_reads_only_what_the_configuration_makes(wmt_copy, smoke_runs):
+    # results of an earlier configuration stay in results/ (a system and a curve point turned off) but
+    # are not read: the report has what this configuration asks for
+    assert (wmt_copy / "results" / "pruned_ct2_int8.json").exists()
+    shutil.copy(wmt_copy / "results" / "curve" / "r0.8.json", wmt_copy / "results" / "curve" / "r0.3.json")
+    run_recipe("wmt14_en_de.sh", wmt_copy, "report.md", "--forcerun", "report", "--allowed-rules", "report",
+               "--config", *SHARDS, "export_ct2=false", **smoke_runs["env"])
+    report = json.loads((wmt_copy / "report.json").read_text())
+    assert "pruned_ct2_int8" not in report["systems"] and "pruned" in report["systems"], list(report["systems"])
+    for extra in report["extra_test_sets"].values():
+        assert "pruned_ct2_int8" not in extra["systems"]
+    assert len(report["pruning_curve"]) == 1, report["pruning_curve"]
+    assert "| Pruned, CTranslate2 int8 |" not in (wmt_copy / "report.md").read_text()
+
+
 def test_dry_run_shows_the_plan(tmp_path):
     plan = run_recipe("wmt14_en_de.sh", tmp_path / "fresh", "-n", "--config", *SHARDS)
     jobs = planned(plan)
@@ -293,8 +308,9 @@ def test_a_failed_job_is_never_done(failures, kind):
         assert not (run / output).exists() and not Path(f"{run / output}.tmp").exists(), output
         outputs.append(output)
     assert outputs[0].split("/")[0] == outputs[1].split("/")[0], outputs
-    if kind == "training":  # the teacher trained with the earlier options is moved aside, not deleted
-        assert (run / "teacher.previous" / "checkpoint_best.pt").exists()
+    if kind == "training":  # the teacher trained with the earlier options is kept aside, not deleted
+        (kept,) = (run / "superseded").glob("teacher.*")
+        assert (kept / "checkpoint_best.pt").exists()
 
 
 def test_killed_training_resumes(wmt_copy, smoke_runs):
@@ -304,7 +320,7 @@ def test_killed_training_resumes(wmt_copy, smoke_runs):
                         **smoke_runs["env"])
     deadline = time.monotonic() + 240
     text = ""
-    while "moved to" not in text or "(epoch 2 @ " not in text.split("moved to")[-1]:
+    while "kept as" not in text or "(epoch 2 @ " not in text.split("kept as")[-1]:
         assert proc.poll() is None, finish("wmt14_en_de.sh", proc, check=False).stderr[-3000:]
         assert time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.5)
@@ -312,7 +328,8 @@ def test_killed_training_resumes(wmt_copy, smoke_runs):
     os.killpg(proc.pid, signal.SIGTERM)  # Ctrl-C or a scheduler's preemption: the whole job
     killed = finish("wmt14_en_de.sh", proc, check=False)
     assert killed.returncode != 0 and not (wmt_copy / "teacher" / "train.done").exists()
-    assert (wmt_copy / "teacher.previous" / "checkpoint_best.pt").exists()  # the earlier teacher, kept
+    (kept,) = (wmt_copy / "superseded").glob("teacher.*")
+    assert (kept / "checkpoint_best.pt").exists()  # the earlier teacher, kept
     resumed = run_recipe("wmt14_en_de.sh", wmt_copy, "teacher/train.done", "-j", "1", "--config", *SHARDS, steps,
                          **smoke_runs["env"])
     text = log.read_text()

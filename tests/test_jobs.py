@@ -1,0 +1,113 @@
+"""recipes/jobs.py, the way a pipeline job runs, without a pipeline: fingerprints, work folders, locks."""
+
+from __future__ import annotations
+
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+import jobs  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # jobs run in the run folder
+
+
+def test_content_fingerprint_follows_bytes_not_paths_or_times(tmp_path):
+    a = tmp_path / "a" / "train.en"
+    a.parent.mkdir()
+    a.write_text("one\ntwo\n")
+    b = tmp_path / "b" / "train.en"
+    b.parent.mkdir()
+    b.write_text("one\ntwo\n")
+    os.utime(b, (1e9, 1e9))
+    assert jobs.content_fingerprint(a) == jobs.content_fingerprint(b)
+    assert jobs.content_fingerprint(a.parent) == jobs.content_fingerprint(b.parent)
+    assert jobs.fingerprint(["prepare", str(a)], [a]) == jobs.fingerprint(["prepare", str(b)], [b])
+    b.write_text("one\ntwo!\n")
+    assert jobs.content_fingerprint(a) != jobs.content_fingerprint(b)
+    with pytest.raises(ValueError, match="no such file"):
+        jobs.content_fingerprint(tmp_path / "missing")
+
+
+def test_content_fingerprint_of_a_large_file_reads_its_ends(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "WHOLE_HASH_BYTES", 10)
+    monkeypatch.setattr(jobs, "EDGE_BYTES", 4)
+    path = tmp_path / "big"
+    path.write_bytes(b"0123456789abcdefghij")
+    first = jobs.content_fingerprint(path)
+    path.write_bytes(b"0123XXXXXXXXXXXXghij")  # the middle of a large file is not read
+    assert jobs.content_fingerprint(path) == first
+    path.write_bytes(b"0123456789abcdefghiX")
+    assert jobs.content_fingerprint(path) != first
+
+
+def test_a_training_folder_is_kept_and_brought_back(tmp_path):
+    data = tmp_path / "data"
+    data.write_text("x")
+    log = tmp_path / "log"
+    jobs.own_folder("baseline", ["train", "--lr", "1"], [data], log, keep=True)
+    Path("baseline/checkpoint_last.pt").write_text("first")
+    jobs.own_folder("baseline", ["train", "--lr", "2"], [data], log, keep=True)
+    assert not Path("baseline/checkpoint_last.pt").exists()
+    Path("baseline/checkpoint_last.pt").write_text("second")
+    jobs.own_folder("baseline", ["train", "--lr", "1"], [data], log, keep=True)  # back to the first settings
+    assert Path("baseline/checkpoint_last.pt").read_text() == "first"
+    (kept,) = Path("superseded").iterdir()
+    assert (kept / "checkpoint_last.pt").read_text() == "second"
+    # without keep (a folder its command remakes): the other content is deleted
+    jobs.own_folder("prepared", ["prepare", "a"], [data], log)
+    Path("prepared/x").write_text("old")
+    jobs.own_folder("prepared", ["prepare", "b"], [data], log)
+    assert sorted(p.name for p in Path("prepared").iterdir()) == ["fingerprint"]
+
+
+def test_whole_checkpoint_and_the_fallback(tmp_path):
+    save = Path("teacher")
+    save.mkdir()
+    for name in ("checkpoint_1_3.pt", "checkpoint_2_6.pt", "checkpoint_last.pt"):
+        with zipfile.ZipFile(save / name, "w") as z:
+            z.writestr("archive/data.pkl", name)
+    assert jobs.whole_checkpoint(save / "checkpoint_last.pt")
+    blob = (save / "checkpoint_last.pt").read_bytes()
+    (save / "checkpoint_last.pt").write_bytes(blob[: len(blob) // 2])
+    assert not jobs.whole_checkpoint(save / "checkpoint_last.pt")
+    jobs.check_resume(save, tmp_path / "log")
+    assert (save / "checkpoint_last.pt").read_bytes() == (save / "checkpoint_2_6.pt").read_bytes()
+    assert (save / "checkpoint_last.pt.torn").read_bytes() == blob[: len(blob) // 2]
+    for path in save.glob("checkpoint_*_*.pt"):
+        path.unlink()
+    (save / "checkpoint_last.pt").write_bytes(b"torn")
+    with pytest.raises(jobs.JobFailed, match=r"rm teacher/checkpoint_last.pt"):
+        jobs.check_resume(save, tmp_path / "log")
+
+
+def test_a_folder_has_one_writer(tmp_path):
+    with jobs.folder_lock("seq_kd", ["fairseq-train", "x"]):
+        with pytest.raises(jobs.JobFailed, match=rf"seq_kd is being written by another process \(pid {os.getpid()} "):
+            with jobs.folder_lock("seq_kd"):
+                pass
+    with jobs.folder_lock("seq_kd"):  # released with its holder
+        pass
+
+
+def test_a_failed_join_leaves_no_temporary_output(tmp_path, monkeypatch):
+    cmds = [[sys.executable, "-c", f"print({c})"] for c in range(2)]
+    real = jobs.shutil.copyfileobj
+
+    def full_disk(src, dst, length=0):
+        real(src, dst, length)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jobs.shutil, "copyfileobj", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        jobs.run_chunks(cmds, "gen/shard0000.txt", tmp_path / "log", [])
+    assert sorted(p.name for p in Path("gen").iterdir()) == ["shard0000.txt.chunks"]
+    monkeypatch.setattr(jobs.shutil, "copyfileobj", real)
+    jobs.run_chunks(cmds, "gen/shard0000.txt", tmp_path / "log", [])  # resumes: the chunks are there
+    assert Path("gen/shard0000.txt").read_text() == "0\n1\n"
