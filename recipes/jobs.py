@@ -473,6 +473,18 @@ def load_yaml(path: str | os.PathLike) -> dict:
         return yaml.safe_load(f) or {}
 
 
+def coerce_flags(config: dict, defaults: dict) -> None:
+    """Settings whose default is true or false, given as text (Snakemake's ``--config export_ct2=false``
+    passes the string 'false', which Python reads as true): made booleans; other text is a ValueError."""
+    for key, default in defaults.items():
+        value = config.get(key)
+        if isinstance(default, bool) and isinstance(value, str):
+            word = value.strip().lower()
+            if word not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError(f"{key}: {value!r} is not true or false")
+            config[key] = word in ("true", "yes", "1")
+
+
 def check_config(config: dict, known: set[str]) -> None:
     """Refuse unknown keys (a misspelt setting must not be silently ignored) and missing languages."""
     unknown = sorted(set(config) - known)

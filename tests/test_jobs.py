@@ -111,3 +111,11 @@ def test_a_failed_join_leaves_no_temporary_output(tmp_path, monkeypatch):
     monkeypatch.setattr(jobs.shutil, "copyfileobj", real)
     jobs.run_chunks(cmds, "gen/shard0000.txt", tmp_path / "log", [])  # resumes: the chunks are there
     assert Path("gen/shard0000.txt").read_text() == "0\n1\n"
+
+
+def test_true_or_false_settings_given_as_text():
+    config = {"export_ct2": "false", "smoke": "True", "num_shards": 2}
+    jobs.coerce_flags(config, {"export_ct2": True, "smoke": False, "num_shards": 1})
+    assert config == {"export_ct2": False, "smoke": True, "num_shards": 2}
+    with pytest.raises(ValueError, match="export_ct2: 'maybe' is not true or false"):
+        jobs.coerce_flags({"export_ct2": "maybe"}, {"export_ct2": True})
