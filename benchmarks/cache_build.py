@@ -55,7 +55,7 @@ def main() -> int:
 
     import fairseq_seqkd  # noqa: F401  (registrations, safe globals)
     from fairseq_seqkd.fairseq_glue import load_split, load_teacher_for_data, teacher_batches
-    from fairseq_seqkd.teacher_cache_build import build_cache
+    from fairseq_seqkd.teacher_cache.build import build_cache
 
     with tempfile.TemporaryDirectory(prefix="cache_build.") as work:
         data = prepare_data(work, train_size)

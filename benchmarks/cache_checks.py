@@ -56,7 +56,8 @@ def main() -> int:
 
     from fairseq.data.indexed_dataset import MMapIndexedDataset
 
-    from fairseq_seqkd.teacher_cache import (
+    from fairseq_seqkd.teacher_cache.dataset import target_tokens_hash
+    from fairseq_seqkd.teacher_cache.format import (
         FORMAT_NAME,
         FORMAT_VERSION,
         PROBS_DTYPE,
@@ -65,7 +66,6 @@ def main() -> int:
         merge_shards,
         shard_path,
     )
-    from fairseq_seqkd.teacher_cache_dataset import target_tokens_hash
 
     rng = np.random.default_rng(0)
     lengths = np.clip(rng.gamma(2.0, 14.0, size=tokens_wanted // 20), 1, 80).astype(np.int64)

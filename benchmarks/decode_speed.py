@@ -14,7 +14,7 @@ Setup, chosen so the numbers measure speed and nothing else:
   default (``task.get_batch_iterator`` with ``--max-tokens 12000``), the same batches for
   CTranslate2; the timed loop is fairseq-generate's (``task.inference_step``), data loading
   excluded, as in its "Translated ... in Xs" line.
-- the student is pruned 80% (class-blind) and exported with ``fairseq_seqkd.export`` to int8,
+- the student is pruned 80% (class-blind) and exported with ``fairseq_seqkd.compress.export`` to int8,
   exactly as a user ships it (sparsity does not speed up dense kernels; quantization does).
 - each system runs ``--repeats`` times, interleaved, and its fastest run counts (the machine
   is shared; the fastest run is the least disturbed one). The keys use wall-clock time, as
@@ -151,8 +151,8 @@ def checkpoint(cfg, model) -> dict:
 
 def export_student(cfg, model, data_dir: str, work: str) -> str:
     """Prune the student 80% and export it to CTranslate2 int8 with the package's own functions."""
-    from fairseq_seqkd.export import export
-    from fairseq_seqkd.pruning import PruneSpec, prune_state_dict
+    from fairseq_seqkd.compress.export import export
+    from fairseq_seqkd.compress.pruning import PruneSpec, prune_state_dict
 
     ckpt = checkpoint(cfg, model)
     prune_state_dict(ckpt["model"], PruneSpec(0.8, "class-blind"))

@@ -35,7 +35,7 @@ def rss(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
-from fairseq_seqkd.seqkd_corpus import extract_corpus
+from fairseq_seqkd.seq_kd.corpus import extract_corpus
 base = rss("VmRSS")
 t, cpu = time.perf_counter(), time.process_time()
 r = extract_corpus([sys.argv[1]], sys.argv[2], sys.argv[3], split="train", num_shards=int(sys.argv[4]),

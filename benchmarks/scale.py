@@ -254,7 +254,8 @@ def _batches(dataset, order: np.ndarray, lo: int, hi: int, max_tokens: int) -> l
 def child_cache_write(data: str, out: str, limit: int) -> dict:
     """Write the cache of the first ``limit`` sentences of ``data``'s train split as the cache stage does."""
     from fairseq_seqkd.fairseq_glue import batch_order
-    from fairseq_seqkd.teacher_cache import (
+    from fairseq_seqkd.teacher_cache.dataset import target_lengths, target_tokens_hash
+    from fairseq_seqkd.teacher_cache.format import (
         FORMAT_NAME,
         FORMAT_VERSION,
         PROBS_DTYPE,
@@ -265,7 +266,6 @@ def child_cache_write(data: str, out: str, limit: int) -> dict:
         shard_path,
         shard_range,
     )
-    from fairseq_seqkd.teacher_cache_dataset import target_lengths, target_tokens_hash
 
     t0 = time.perf_counter()
     task, dataset = _load(data)
@@ -309,8 +309,8 @@ def child_cache_write(data: str, out: str, limit: int) -> dict:
 def child_cache_read(data: str, out: str, warm_batches: int, cold_batches: int) -> dict:
     """ms per 8k-token batch that the cache adds to fairseq's __getitem__ + collater, warm and cold."""
     from fairseq_seqkd.fairseq_glue import batch_order
-    from fairseq_seqkd.teacher_cache import TeacherCache
-    from fairseq_seqkd.teacher_cache_dataset import TeacherCacheDataset
+    from fairseq_seqkd.teacher_cache.dataset import TeacherCacheDataset
+    from fairseq_seqkd.teacher_cache.format import TeacherCache
 
     task, dataset = _load(data)
     cache = TeacherCache(out, "train")

@@ -14,10 +14,10 @@ Setup:
   replaced at random, so candidates and reference share n-grams of every order as real ones do.
 - ``beam_s``: fairseq's generator with beam K (nbest K), per batch; ``seq_inter_s``: the same
   with the Seq-Inter choice, i.e. each of those beam runs plus the choice on its candidates
-  (:func:`fairseq_seqkd.seq_inter.rerank_by_bleu`, all that the wrapper adds), so that the
+  (:func:`fairseq_seqkd.seq_kd.seq_inter.rerank_by_bleu`, all that the wrapper adds), so that the
   beam search's own run-to-run noise (several percent on shared cores) cancels out of
   ``overhead = seq_inter_s / beam_s - 1``, a difference well under 1 %. The wrapper itself
-  (:class:`fairseq_seqkd.seq_inter.SeqInterGenerator`, what ``fairseq-generate --task
+  (:class:`fairseq_seqkd.seq_kd.seq_inter.SeqInterGenerator`, what ``fairseq-generate --task
   translation_kd --seq-inter`` runs) runs alternately with the plain generator on the same
   batches (which goes first alternates too): ``seq_inter_wrapper_s``, noisy, and its output
   must be the same candidates as the plain beam's, the closest one first. ``--repeats`` runs
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("sacrebleu").setLevel(logging.ERROR)
     from sacrebleu.metrics import BLEU
 
-    from fairseq_seqkd.sentence_bleu import SentenceBLEU, pack
-    from fairseq_seqkd.seq_inter import SeqInterGenerator, rerank_by_bleu
+    from fairseq_seqkd.seq_kd.sentence_bleu import SentenceBLEU, pack
+    from fairseq_seqkd.seq_kd.seq_inter import SeqInterGenerator, rerank_by_bleu
 
     with tempfile.TemporaryDirectory(prefix="seq_inter_speed.") as work:
         write_dictionary(work, args.vocab)

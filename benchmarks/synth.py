@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fairseq_seqkd.indexed_data import IndexedWriter, SymbolLines, builder_dtype  # noqa: E402
+from fairseq_seqkd.data.indexed import IndexedWriter, SymbolLines, builder_dtype  # noqa: E402
 
 SPECIALS = 4  # <s> <pad> </s> <unk>: fairseq's dictionary puts them before the file's symbols
 EOS = 2

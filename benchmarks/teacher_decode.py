@@ -15,10 +15,10 @@ Setup (shared with benchmarks/decode_speed.py, whose model building and batching
 - sources: 20-30 random tokens each; fairseq batches them as ``fairseq-generate`` does by default
   (``--max-tokens 12000``) and decodes them with its ``SequenceGenerator`` in fairseq-generate's timed
   loop (``task.inference_step``); CTranslate2 gets the same sentences through
-  :func:`fairseq_seqkd.ct2_translate.translate_tokens` in batches of the same size. Beam 35 returns
+  :func:`fairseq_seqkd.teacher.ct2_translate.translate_tokens` in batches of the same size. Beam 35 returns
   35 hypotheses per sentence in both (fairseq's generator always keeps the whole beam; CTranslate2
   with ``nbest`` 35), as Seq-Inter needs. Writing the output is not timed in either.
-- the CTranslate2 models are the teacher exported with :func:`fairseq_seqkd.export.export_ct2`,
+- the CTranslate2 models are the teacher exported with :func:`fairseq_seqkd.compress.export.export_ct2`,
   quantized int8 and float32.
 - each system runs ``--repeats`` times, interleaved, and its fastest run counts (the machine may be
   shared; the ratios are always measured within one run). ``cpu_time`` repeats the keys with the
@@ -61,7 +61,7 @@ def log(msg: str) -> None:
 
 def export_teacher(cfg, model, data_dir: str, work: str) -> dict[str, str]:
     """The teacher as CTranslate2 models, one per quantization: {quantization: folder}."""
-    from fairseq_seqkd.export import export_ct2, plain_checkpoint
+    from fairseq_seqkd.compress.export import export_ct2, plain_checkpoint
 
     plain = plain_checkpoint(checkpoint(cfg, model))
     return {q: export_ct2(plain, os.path.join(work, f"ct2_{q}"), q, data_dir) for q in QUANTIZATIONS}
@@ -70,7 +70,7 @@ def export_teacher(cfg, model, data_dir: str, work: str) -> dict[str, str]:
 def ct2_decode(translator, batches: list[list[list[str]]], beam: int,
                out_len: int) -> tuple[float, float, list[int]]:
     """Wall and CPU seconds for the package's CTranslate2 decoding (beam-best lists), output lengths."""
-    from fairseq_seqkd.ct2_translate import translate_tokens
+    from fairseq_seqkd.teacher.ct2_translate import translate_tokens
 
     lengths: list[int] = []
     start, cpu = time.perf_counter(), time.process_time()
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     import ctranslate2
 
     import fairseq_seqkd  # noqa: F401  (safe globals for the export's weights_only loading)
-    from fairseq_seqkd.ct2_translate import load_translator
+    from fairseq_seqkd.teacher.ct2_translate import load_translator
 
     with tempfile.TemporaryDirectory(prefix="teacher_decode.") as work:
         data_dir = os.path.join(work, "data")

@@ -5,12 +5,12 @@ label-smoothed cross-entropy costs, while running the teacher in every step cost
 forward pass per step.
 
 Setup:
-- data: the toy corpus (``fairseq_seqkd.toy_corpus``), binarized in process by fairseq's own
+- data: the toy corpus (``fairseq_seqkd.data.toy_corpus``), binarized in process by fairseq's own
   preprocessing (joined dictionary); batches of ``--max-tokens`` as fairseq-train makes them.
 - student: fairseq ``transformer`` 2+2 layers, d=64 (ffn 256, 4 heads); teacher: 4x wider and
   2x deeper, 4+4 layers, d=256 (ffn 1024, 4 heads). Random weights (seeded), saved as a fairseq
   checkpoint: step time does not depend on training.
-- the cache: ``fairseq_seqkd.teacher_cache_build.build_cache`` at k=8 over the train split; batches
+- the cache: ``fairseq_seqkd.teacher_cache.build.build_cache`` at k=8 over the train split; batches
   come from task ``translation_kd --teacher-cache``, so they carry the cached top-k.
 - one training step = criterion forward + backward + Adam step, for three students with the
   same initial weights: ``label_smoothed_cross_entropy``, ``word_kd`` from the cache,
@@ -61,7 +61,7 @@ def prepare_data(workdir: str, train_size: int) -> str:
     from fairseq import options
     from fairseq_cli import preprocess
 
-    from fairseq_seqkd.toy_corpus import write_corpus
+    from fairseq_seqkd.data.toy_corpus import write_corpus
 
     raw, data = os.path.join(workdir, "raw"), os.path.join(workdir, "bin")
     write_corpus(raw, {"train": train_size, "valid": 50, "test": 50}, seed=11)
@@ -124,7 +124,7 @@ def main() -> int:
 
     import fairseq_seqkd  # noqa: F401  (registers translation_kd and word_kd)
     from fairseq_seqkd.criterions.word_kd import TEACHER_IDS_KEY, TEACHER_PROBS_KEY
-    from fairseq_seqkd.teacher_cache_build import build_cache
+    from fairseq_seqkd.teacher_cache.build import build_cache
 
     with tempfile.TemporaryDirectory(prefix="word_kd_speed.") as work:
         data = prepare_data(work, train_size)

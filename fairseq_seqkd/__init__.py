@@ -26,10 +26,10 @@ def register() -> None:
             "(e.g. `pip install --no-deps --no-build-isolation fairseq-fixed==0.12.3.1`)."
         ) from e
 
-    from fairseq_seqkd.checkpoint_compat import register_safe_globals
+    from fairseq_seqkd.checkpoints.compat import register_safe_globals
 
     register_safe_globals()
-    from fairseq_seqkd.checkpoint_save import install_atomic_checkpoint_copies
+    from fairseq_seqkd.checkpoints.save import install_atomic_checkpoint_copies
 
     install_atomic_checkpoint_copies()
     from fairseq_seqkd import criterions, tasks  # noqa: F401  (registrations)

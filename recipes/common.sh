@@ -28,7 +28,7 @@ utc_now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 yaml_string() { printf "'%s'" "${1//\'/\'\'}"; }
 
 # provenance_start RUN_DIR: RUN_DIR/provenance/invocation-STAMP-PID.txt, one `key value` a line
-# (read by fairseq_seqkd/provenance.py into the report): the command as typed, where it ran, the
+# (read by fairseq_seqkd/evaluate/provenance.py into the report): the command as typed, where it ran, the
 # checkout's commit and the environment the recipe reads; provenance_end appends the end and exit
 # status. A resumed run keeps one file per invocation.
 provenance_start() {

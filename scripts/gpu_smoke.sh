@@ -118,7 +118,7 @@ step_train_fp16() {
     [ "${PIPESTATUS[0]}" = 0 ] && no_nan teacher.log || return 1
     run "$PY" - "$TEACHER" "$MODE" <<'EOF'
 import sys
-from fairseq_seqkd.checkpoint_io import load_checkpoint
+from fairseq_seqkd.checkpoints.storage import load_checkpoint
 state = load_checkpoint(sys.argv[1])
 name = state["optimizer_history"][-1]["optimizer_name"]
 print("optimizer:", name, "| updates:", state["optimizer_history"][-1]["num_updates"])
@@ -139,7 +139,7 @@ step_cache_compare() {
     run "$PY" - cache32 cache16 <<'EOF'
 import sys
 import numpy as np
-from fairseq_seqkd.teacher_cache import TeacherCache
+from fairseq_seqkd.teacher_cache.format import TeacherCache
 a, b = TeacherCache(sys.argv[1], "train"), TeacherCache(sys.argv[2], "train")
 assert len(a) == len(b) and a.num_tokens == b.num_tokens, (len(a), len(b))
 same = total = 0
@@ -167,8 +167,8 @@ check_pruned() {  # check_pruned CHECKPOINT UPDATES: pruned weights exactly 0, 8
     run "$PY" - "$1" "$2" <<'EOF'
 import sys
 import torch
-from fairseq_seqkd.checkpoint_io import load_checkpoint
-from fairseq_seqkd.pruning import find_checkpoint_masks, prunable_parameters
+from fairseq_seqkd.checkpoints.storage import load_checkpoint
+from fairseq_seqkd.compress.pruning import find_checkpoint_masks, prunable_parameters
 state = load_checkpoint(sys.argv[1])
 masks, spec = find_checkpoint_masks(state)
 params = prunable_parameters(state["model"].items())

@@ -87,7 +87,7 @@ def plugin_dir() -> str:
 @pytest.fixture(scope="session")
 def toy_corpus(tmp_path_factory) -> Path:
     """Raw toy corpus: {train,valid,test}.{en,de}."""
-    from fairseq_seqkd.toy_corpus import write_corpus
+    from fairseq_seqkd.data.toy_corpus import write_corpus
 
     out = tmp_path_factory.mktemp("toy_raw")
     write_corpus(str(out), TOY_SIZES, seed=7)

@@ -16,7 +16,7 @@ from fairseq.dataclass.configs import CheckpointConfig
 from fairseq.file_io import PathManager
 
 import fairseq_seqkd
-from fairseq_seqkd.checkpoint_save import AtomicCopyPathManager
+from fairseq_seqkd.checkpoints.save import AtomicCopyPathManager
 
 
 def _sha(path: Path) -> str:

@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 from conftest import TINY_TRANSFORMER, run_cli, train_tiny
 
-from fairseq_seqkd import ct2_translate
 from fairseq_seqkd.commands import ct2_translate as ct2_translate_cmd
-from fairseq_seqkd.ct2_translate import TranslateConfig, _detokenizer, translate_file
+from fairseq_seqkd.compress.export import export
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.export import export
-from fairseq_seqkd.generate_output import iter_blocks
+from fairseq_seqkd.teacher import ct2_translate
+from fairseq_seqkd.teacher.ct2_translate import TranslateConfig, _detokenizer, translate_file
+from fairseq_seqkd.teacher.generate_output import iter_blocks
 
 # TINY_TRANSFORMER at d=64: big enough to learn the toy corpus in a few hundred updates
 TEACHER_ARCH = [{"32": "64", "64": "128"}.get(a, a) for a in TINY_TRANSFORMER]
@@ -205,7 +205,7 @@ def test_a_retrained_model_of_the_same_size_starts_the_shard_afresh(teacher, toy
     shutil.rmtree(model)
     shutil.copytree(ct2_b, model)  # retrained, exported to the same folder
     monkeypatch.setattr(ct2_translate, "translate_tokens", real)
-    with caplog.at_level("WARNING", logger="fairseq_seqkd.ct2_translate"):
+    with caplog.at_level("WARNING", logger="fairseq_seqkd.teacher.ct2_translate"):
         info = translate_file(str(model), str(source), str(out), cfg)
     assert info["resumed_chunks"] == 0 and out.read_bytes() == (tmp_path / "b.txt").read_bytes()
     assert f"{chunks}: deleted 2 finished chunk(s) of another model" in caplog.text
@@ -238,7 +238,7 @@ def test_text_output_is_the_kbest_first_lines(teacher, toy_corpus, tmp_path):
 
 def test_sentencepiece_round_trip(toy_corpus, tmp_path):
     """--source-spm encodes raw text as recipes' prepare does; --target-spm gives the text back."""
-    from fairseq_seqkd.data_prep import SpmConfig, encode_lines, load_sentencepiece, train_sentencepiece
+    from fairseq_seqkd.data.prepare import SpmConfig, encode_lines, load_sentencepiece, train_sentencepiece
 
     model = train_sentencepiece([str(toy_corpus / "train.en")], str(tmp_path / "spm"),
                                 SpmConfig(vocab_size=100, input_sentence_size=0), threads=1)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fairseq_seqkd.commands import prepare as prepare_cmd
-from fairseq_seqkd.data_prep import (
+from fairseq_seqkd.data.prepare import (
     CleanConfig,
     SpmConfig,
     decode_pieces,
@@ -23,8 +23,8 @@ from fairseq_seqkd.data_prep import (
     read_test_pairs,
     token_drop_reason,
 )
+from fairseq_seqkd.data.toy_corpus import write_corpus
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.toy_corpus import write_corpus
 
 WMT_SGML = """<srcset setid="newstest2014" srclang="any">
 <doc docid="1-news" genre="news" origlang="en">

@@ -15,9 +15,9 @@ from conftest import BIN, plugin_dir
 from sacrebleu.metrics import BLEU
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.evaluation import evaluate_generation, score_system, update_system_result
-from fairseq_seqkd.provenance import collect_provenance, provenance_lines
-from fairseq_seqkd.report import KEYS, collect, write_report
+from fairseq_seqkd.evaluate.provenance import collect_provenance, provenance_lines
+from fairseq_seqkd.evaluate.report import KEYS, collect, write_report
+from fairseq_seqkd.evaluate.scoring import evaluate_generation, score_system, update_system_result
 
 
 def _gen_output(path, hyps: dict[int, str], seconds: float = 0.5):
@@ -220,7 +220,7 @@ def test_evaluate_checkpoint_writes_what_the_separate_commands_write(toy_teacher
 
 
 def test_evaluate_checkpoint_failure_leaves_a_log_and_no_output(toy_teacher, toy_data_bin, tmp_path):
-    from fairseq_seqkd.evaluate_checkpoint import FairseqRun, FairseqRunFailed, run_fairseq
+    from fairseq_seqkd.evaluate.checkpoint import FairseqRun, FairseqRunFailed, run_fairseq
 
     ok = FairseqRun("greedy", _generate_args(toy_data_bin, toy_teacher, 1), str(tmp_path / "ok.txt"))
     run_fairseq(ok)  # twice in one process: fairseq's registries and the --user-dir import allow it
@@ -238,7 +238,7 @@ def test_evaluate_checkpoint_failure_leaves_a_log_and_no_output(toy_teacher, toy
 
 
 def test_evaluate_checkpoint_runs_are_parsed_strictly():
-    from fairseq_seqkd.evaluate_checkpoint import parse_runs
+    from fairseq_seqkd.evaluate.checkpoint import parse_runs
 
     assert parse_runs([":::", "greedy", "data", "--beam", "1", ":::", "validate", "data"]) == [
         ("greedy", ["data", "--beam", "1"]), ("validate", ["data"])]

@@ -18,14 +18,14 @@ import torch
 from conftest import run_cli
 from test_pruning import ONE_THREAD, retrained_student
 
-from fairseq_seqkd.checkpoint_io import load_checkpoint
+from fairseq_seqkd.checkpoints.storage import load_checkpoint
 from fairseq_seqkd.cli import main as cli_main
 from fairseq_seqkd.commands import ct2_translate as ct2_translate_cmd
-from fairseq_seqkd.ct2_translate import TranslateConfig, translate_file
+from fairseq_seqkd.compress.export import assert_plain, ct2_inputs, export, export_ct2
+from fairseq_seqkd.compress.pruning import find_checkpoint_masks, prunable_parameters
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.evaluation import evaluate_generation, parse_generate_output
-from fairseq_seqkd.export import assert_plain, ct2_inputs, export, export_ct2
-from fairseq_seqkd.pruning import find_checkpoint_masks, prunable_parameters
+from fairseq_seqkd.evaluate.scoring import evaluate_generation, parse_generate_output
+from fairseq_seqkd.teacher.ct2_translate import TranslateConfig, translate_file
 
 MAX_LEN = 60  # the same output length cap for fairseq-generate and CTranslate2
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fairseq_seqkd.findings import check_findings, findings_markdown
+from fairseq_seqkd.evaluate.findings import check_findings, findings_markdown
 
 
 def _sys(greedy, beam, nonzero=1000, wps_greedy=None, wps_beam=None):

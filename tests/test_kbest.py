@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from conftest import generate_in_process, run_cli
 
-from fairseq_seqkd import kbest
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.generate_output import first_hypotheses, iter_blocks
-from fairseq_seqkd.sentence_bleu import SentenceBLEU
-from fairseq_seqkd.seq_inter import seq_inter_order
-from fairseq_seqkd.seqkd_corpus import extract_corpus, extract_translations
+from fairseq_seqkd.seq_kd import kbest
+from fairseq_seqkd.seq_kd.corpus import extract_corpus, extract_translations
+from fairseq_seqkd.seq_kd.sentence_bleu import SentenceBLEU
+from fairseq_seqkd.seq_kd.seq_inter import seq_inter_order
+from fairseq_seqkd.teacher.generate_output import first_hypotheses, iter_blocks
 
 SPLIT, N, K = "test", 61, 4
 FILES = [f"{SPLIT}.en-de.{lang}.{ext}" for lang in ("en", "de") for ext in ("bin", "idx")] + \
@@ -224,8 +224,8 @@ def test_kbest_faults_are_named_with_file_and_line(lists, toy_data_bin, tmp_path
 @pytest.fixture(scope="module")
 def spm_data(tmp_path_factory):
     """A sentencepiece-encoded toy corpus (prepare) and its fairseq-preprocess'ed data."""
-    from fairseq_seqkd.data_prep import prepare_corpus
-    from fairseq_seqkd.toy_corpus import write_corpus
+    from fairseq_seqkd.data.prepare import prepare_corpus
+    from fairseq_seqkd.data.toy_corpus import write_corpus
 
     root = tmp_path_factory.mktemp("kbest_spm")
     write_corpus(str(root / "raw"), {"train": 300, "valid": 20, "test": 20}, seed=5)
@@ -241,7 +241,7 @@ def spm_data(tmp_path_factory):
 def test_detokenized_text_is_encoded_with_the_students_spm_model(spm_data, tmp_path):
     from fairseq.data import Dictionary, indexed_dataset
 
-    from fairseq_seqkd.data_prep import load_sentencepiece, normalize_line
+    from fairseq_seqkd.data.prepare import load_sentencepiece, normalize_line
 
     prepared, data = spm_data / "prepared", str(spm_data / "bin")
     # the references, detokenized, as a teacher's output: the corpus is the data itself

@@ -8,7 +8,7 @@ import sys
 import torch
 from conftest import BIN, TOY_SIZES, plugin_dir, run_cli
 
-from fairseq_seqkd.evaluation import evaluate_generation
+from fairseq_seqkd.evaluate.scoring import evaluate_generation
 
 
 def test_checkpoint_loads_weights_only_after_plugin_import(toy_teacher):

@@ -13,10 +13,9 @@ import pytest
 import torch
 from conftest import TINY_TRANSFORMER, TRAIN_COMMON, plugin_dir, run_cli
 
-from fairseq_seqkd.checkpoint_io import load_checkpoint
+from fairseq_seqkd.checkpoints.storage import load_checkpoint
 from fairseq_seqkd.cli import main as cli_main
-from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.pruning import (
+from fairseq_seqkd.compress.pruning import (
     PruneSpec,
     class_kind,
     compute_masks,
@@ -31,6 +30,7 @@ from fairseq_seqkd.pruning import (
     sparsity_report,
     unpack_mask,
 )
+from fairseq_seqkd.errors import UserError
 
 # one thread per process: on shared cores torch's thread pool stalls (see docs/pruning-and-export.md)
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

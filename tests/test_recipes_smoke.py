@@ -38,7 +38,7 @@ EXTRA_SIZES = {"news_a": 20, "news-b": 12}  # the extra test sets: plain text, a
 @pytest.fixture(scope="module")
 def extra_test_sets(tmp_path_factory) -> dict[str, str]:
     """Two extra test sets (other sentences of the toy language) and the CONFIGFILE layer naming them."""
-    from fairseq_seqkd.toy_corpus import write_corpus
+    from fairseq_seqkd.data.toy_corpus import write_corpus
 
     d = tmp_path_factory.mktemp("extra")
     write_corpus(str(d), {"train": 1, "valid": EXTRA_SIZES["news_a"], "test": EXTRA_SIZES["news-b"]}, seed=7)

@@ -9,9 +9,9 @@ import pytest
 from conftest import run_cli
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.evaluation import update_system_result
-from fairseq_seqkd.findings import far_below_baseline
-from fairseq_seqkd.report import collect, write_report
+from fairseq_seqkd.evaluate.findings import far_below_baseline
+from fairseq_seqkd.evaluate.report import collect, write_report
+from fairseq_seqkd.evaluate.scoring import update_system_result
 
 LISTED = ["teacher", "baseline", "seq_kd"]
 

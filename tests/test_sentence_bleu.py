@@ -7,7 +7,7 @@ import pytest
 import torch
 from sacrebleu.metrics import BLEU
 
-from fairseq_seqkd.sentence_bleu import (
+from fairseq_seqkd.seq_kd.sentence_bleu import (
     SMOOTH_METHODS,
     SentenceBLEU,
     pack,

@@ -7,9 +7,9 @@ import torch
 from conftest import TINY_TRANSFORMER, generate_in_process, plugin_dir, run_cli
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.sentence_bleu import SentenceBLEU
-from fairseq_seqkd.seq_inter import SeqInterGenerator, rerank_by_bleu, seq_inter_order
-from fairseq_seqkd.seqkd_corpus import extract_corpus
+from fairseq_seqkd.seq_kd.corpus import extract_corpus
+from fairseq_seqkd.seq_kd.sentence_bleu import SentenceBLEU
+from fairseq_seqkd.seq_kd.seq_inter import SeqInterGenerator, rerank_by_bleu, seq_inter_order
 
 BEAM = 6
 TEST_SENTENCES = 61

@@ -13,8 +13,8 @@ import torch
 from conftest import generate_in_process, run_cli
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.generate_output import first_hypotheses
-from fairseq_seqkd.seqkd_corpus import extract_corpus
+from fairseq_seqkd.seq_kd.corpus import extract_corpus
+from fairseq_seqkd.teacher.generate_output import first_hypotheses
 
 SPLIT, N = "test", 61  # 61 sentences: not a multiple of 8, fairseq's default would drop some
 
@@ -267,7 +267,7 @@ def test_a_cut_generation_output_is_refused(generated, toy_data_bin, tmp_path):
 def test_indexed_writer_and_reader_match_fairseq(tmp_path):
     from fairseq.data import Dictionary, indexed_dataset
 
-    from fairseq_seqkd.indexed_data import IndexedReader, IndexedWriter, SymbolLines, builder_dtype
+    from fairseq_seqkd.data.indexed import IndexedReader, IndexedWriter, SymbolLines, builder_dtype
 
     rng = np.random.default_rng(0)
     for vocab in (100, 70000):
@@ -313,7 +313,7 @@ def test_bulk_parse_equals_line_by_line(tmp_path, monkeypatch):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
     import synth
 
-    from fairseq_seqkd import generate_output
+    from fairseq_seqkd.teacher import generate_output
 
     made = synth.synthesize(str(tmp_path / "s"), 3000, vocab=500, num_shards=3, seed=2, empty_hypotheses=5)
     crlf = tmp_path / "crlf"
@@ -363,7 +363,7 @@ def test_a_killed_extracts_temporary_folder_goes_at_the_next_extract_and_a_faili
     import subprocess
     import sys
 
-    from fairseq_seqkd import seqkd_corpus
+    from fairseq_seqkd.seq_kd import corpus as seqkd_corpus
 
     host = socket.gethostname()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -376,7 +376,7 @@ def test_a_killed_extracts_temporary_folder_goes_at_the_next_extract_and_a_faili
         (out / f".extract-{name}" / ".work" / "hypotheses.ids").write_bytes(b"\0" * 1000)
         (out / f".extract-{name}" / "pid").write_text(owner + "\n")
     (out / ".extract-unowned").mkdir()  # left by an older version: whose it is cannot be known
-    with caplog.at_level("INFO", logger="fairseq_seqkd.seqkd_corpus"):
+    with caplog.at_level("INFO", logger="fairseq_seqkd.seq_kd.corpus"):
         extract_corpus([str(generated / "whole" / "shard0.txt")], str(toy_data_bin), str(out), split=SPLIT)
     assert sorted(p.name for p in out.glob(".extract-*")) == [".extract-elsewhere", ".extract-running",
                                                              ".extract-unowned"]

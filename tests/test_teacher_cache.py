@@ -19,9 +19,9 @@ from fairseq_seqkd import cli
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.fairseq_glue import TEACHER_IDS_KEY, TEACHER_PROBS_KEY, load_teacher
 from fairseq_seqkd.io_utils import file_sha256
-from fairseq_seqkd.teacher_cache import TeacherCache, dictionary_hash, header_path, shard_path
-from fairseq_seqkd.teacher_cache_build import build_cache
-from fairseq_seqkd.teacher_cache_dataset import attach_teacher_cache, check_against_dataset
+from fairseq_seqkd.teacher_cache.build import build_cache
+from fairseq_seqkd.teacher_cache.dataset import attach_teacher_cache, check_against_dataset
+from fairseq_seqkd.teacher_cache.format import TeacherCache, dictionary_hash, header_path, shard_path
 
 
 def kd_task(data: Path, *argv: str):
@@ -309,7 +309,7 @@ def cache_files(folder: Path, split: str = "valid") -> dict[str, bytes]:
 
 def test_a_shard_killed_partway_resumes_after_its_last_chunk_byte_for_byte(toy_data_bin, toy_teacher, tmp_path,
                                                                            monkeypatch, caplog):
-    import fairseq_seqkd.teacher_cache_build as builder
+    import fairseq_seqkd.teacher_cache.build as builder
 
     whole = build(toy_data_bin, toy_teacher, tmp_path / "whole", topk=8, chunk_sentences=8)
     calls = {"n": 0, "kill_at": whole["batches"] // 2}

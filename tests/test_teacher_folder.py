@@ -22,9 +22,9 @@ from conftest import TINY_TRANSFORMER, plugin_dir, run_cli, train_tiny
 from recipe_runs import run_recipe
 
 from fairseq_seqkd import cli
-from fairseq_seqkd.data_prep import CleanConfig
+from fairseq_seqkd.data.prepare import CleanConfig
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.teacher_folder import (
+from fairseq_seqkd.teacher.folder import (
     TeacherEncoder,
     TeacherFolderConfig,
     prepare_teacher_data,
@@ -74,7 +74,7 @@ def zoo(tmp_path_factory) -> dict:
     """Raw text, the reference encoder and a zoo-layout teacher folder (model.pt, dict.{en,de}.txt, bpecodes)."""
     from subword_nmt.learn_bpe import learn_bpe
 
-    from fairseq_seqkd.toy_corpus import write_corpus
+    from fairseq_seqkd.data.toy_corpus import write_corpus
 
     root = tmp_path_factory.mktemp("zoo")
     toy, raw, tok = root / "toy", root / "raw", root / "tok"
@@ -232,7 +232,7 @@ def test_teacher_data_command_gives_data_the_teacher_translates(zoo, tmp_path, c
     teacher = read_teacher_folder(str(zoo["folder"]), "en", "de")
     splits = {"valid": [(str(raw / "valid.en"), str(raw / "valid.de"))],
               "test": [(str(raw / "test.en"), str(raw / "test.de"))]}
-    with caplog.at_level(logging.INFO, logger="fairseq_seqkd.teacher_folder"):
+    with caplog.at_level(logging.INFO, logger="fairseq_seqkd.teacher.folder"):
         assert prepare_teacher_data(teacher, splits, str(out)) == manifest
     assert "encoded before with this teacher" in caplog.text
     # without split files the command only checks the folder; a fault is exit status 2 and its message

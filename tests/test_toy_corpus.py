@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fairseq_seqkd.toy_corpus import NOUNS, generate_split, write_corpus
+from fairseq_seqkd.data.toy_corpus import NOUNS, generate_split, write_corpus
 
 
 def test_deterministic_and_parallel(tmp_path):

@@ -6,8 +6,8 @@ import argparse
 import json
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.teacher_cache import header_path
-from fairseq_seqkd.teacher_cache_build import DEFAULT_CHUNK_SENTENCES, build_cache, verify_cache
+from fairseq_seqkd.teacher_cache.build import DEFAULT_CHUNK_SENTENCES, build_cache, verify_cache
+from fairseq_seqkd.teacher_cache.format import header_path
 
 HELP = ("run a teacher with teacher forcing over a binarized split and store its top-k distribution per "
         "target token (for --task translation_kd --teacher-cache DIR --criterion word_kd)")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from fairseq_seqkd.ct2_translate import OUTPUT_FORMATS, TranslateConfig, translate_file
+from fairseq_seqkd.teacher.ct2_translate import OUTPUT_FORMATS, TranslateConfig, translate_file
 
 HELP = ("translate a source file with a CTranslate2 model: fairseq-generate's output (which "
         "`fairseq-seqkd evaluate` scores), or a teacher's translations of a training set in shards, "

@@ -7,7 +7,7 @@ import json
 import os
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.evaluation import score_system
+from fairseq_seqkd.evaluate.scoring import score_system
 
 HELP = ("score a fairseq-generate output against the reference (sacrebleu, every sentence or an "
         "error) and record BLEU, words/s, parameters and perplexity for one system")

@@ -8,7 +8,7 @@ import sys
 
 from fairseq_seqkd.commands.evaluate import add_score_args, parse_set
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.evaluate_checkpoint import FairseqRun, FairseqRunFailed, evaluate_checkpoint, parse_runs
+from fairseq_seqkd.evaluate.checkpoint import FairseqRun, FairseqRunFailed, evaluate_checkpoint, parse_runs
 
 HELP = ("run fairseq-generate (greedy, beam) and fairseq-validate on a checkpoint inside this one process "
         "(fairseq is imported once), writing the files those commands write, then score them as evaluate does")

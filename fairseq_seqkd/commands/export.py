@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from fairseq_seqkd.export import QUANTIZATIONS, export
+from fairseq_seqkd.compress.export import QUANTIZATIONS, export
 
 HELP = ("write a plain fairseq checkpoint (no plugin state, loads in stock fairseq-generate) "
         "and optionally a CTranslate2 model")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.sentence_bleu import SMOOTH_METHODS, SentenceBLEU
-from fairseq_seqkd.seqkd_corpus import EMPTY_POLICIES, MAX_UNK_RATE, SHARD_NAME, extract_corpus, extract_translations
+from fairseq_seqkd.seq_kd.corpus import EMPTY_POLICIES, MAX_UNK_RATE, SHARD_NAME, extract_corpus, extract_translations
+from fairseq_seqkd.seq_kd.sentence_bleu import SMOOTH_METHODS, SentenceBLEU
 
 HELP = ("merge fairseq-generate outputs of a split (Seq-KD: teacher beam output; Seq-Inter: with "
         "--seq-inter), or another toolkit's translations (--translations, --kbest), into a parallel corpus "

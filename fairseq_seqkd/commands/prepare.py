@@ -6,7 +6,7 @@ import argparse
 import json
 from dataclasses import fields
 
-from fairseq_seqkd.data_prep import MAX_POSITIONS, CleanConfig, SpmConfig, prepare_corpus, prepare_test_set
+from fairseq_seqkd.data.prepare import MAX_POSITIONS, CleanConfig, SpmConfig, prepare_corpus, prepare_test_set
 
 HELP = ("read raw parallel text (plain, WMT SGML, IWSLT XML or train.tags), clean the training pairs "
         "(drops counted), train one joint sentencepiece model and encode train/valid/test for fairseq; "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fairseq_seqkd.pruning import SCHEMES, PruneSpec, format_report, prune_checkpoint
+from fairseq_seqkd.compress.pruning import SCHEMES, PruneSpec, format_report, prune_checkpoint
 
 HELP = "prune a fairseq checkpoint by weight magnitude (See et al. 2016), offline; print sparsity per class"
 

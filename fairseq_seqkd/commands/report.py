@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fairseq_seqkd.report import PAPER, write_report
+from fairseq_seqkd.evaluate.report import PAPER, write_report
 
 HELP = ("collect RUN_DIR/results/NAME.json for each of --systems (and RUN_DIR/results/TESTSET/NAME.json, "
         "RUN_DIR/results/curve/POINT.json) into report.md (the paper's Table 1 for each test set, warnings about a "

@@ -6,9 +6,9 @@ import argparse
 import json
 from dataclasses import fields
 
-from fairseq_seqkd.data_prep import CleanConfig
+from fairseq_seqkd.data.prepare import CleanConfig
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.teacher_folder import TeacherFolderConfig, prepare_teacher_data, read_teacher_folder
+from fairseq_seqkd.teacher.folder import TeacherFolderConfig, prepare_teacher_data, read_teacher_folder
 
 HELP = ("check a fairseq teacher folder (the model zoo's layout: checkpoint, dict.SRC.txt, dict.TGT.txt, BPE "
         "codes or a sentencepiece model), encode parallel text with its tokenization and subword model, and "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fairseq_seqkd.toy_corpus import DEFAULT_SIZES, write_corpus
+from fairseq_seqkd.data.toy_corpus import DEFAULT_SIZES, write_corpus
 
 HELP = "write the deterministic synthetic en-de corpus (train/valid/test) used by the demo and tests"
 

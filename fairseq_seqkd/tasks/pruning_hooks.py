@@ -8,7 +8,7 @@
 What it does, with fairseq's own hooks and no custom trainer:
 
 - ``begin_epoch`` (called before the first update, after ``--restore-file`` loaded the weights):
-  makes the masks once, by magnitude on the loaded weights (:mod:`fairseq_seqkd.pruning`), and
+  makes the masks once, by magnitude on the loaded weights (:mod:`fairseq_seqkd.compress.pruning`), and
   zeroes the pruned weights. In distributed training rank 0's masks are broadcast, so every
   rank holds the same masks.
 - ``optimizer_step``: calls fairseq's step, then zeroes the pruned weights again, so they are
@@ -20,7 +20,7 @@ What it does, with fairseq's own hooks and no custom trainer:
 
 Gradual pruning (Zhu & Gupta 2017, ``--prune-ramp-updates N``): instead of all at once before
 the first update, the pruned fraction rises from 0 to ``--prune-ratio`` over N updates on a cubic
-schedule (:func:`fairseq_seqkd.pruning.gradual_ratio`); every ``--prune-interval`` updates the
+schedule (:func:`fairseq_seqkd.compress.pruning.gradual_ratio`); every ``--prune-interval`` updates the
 masks are recomputed by magnitude (the weights already at 0 are the smallest, so a pruned weight
 stays pruned), and the network adapts between two steps.
 
@@ -42,8 +42,7 @@ from typing import Optional
 import torch
 from fairseq.dataclass import ChoiceEnum
 
-from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.pruning import (
+from fairseq_seqkd.compress.pruning import (
     CHECKPOINT_KEY,
     SCHEMES,
     PruneSpec,
@@ -61,6 +60,7 @@ from fairseq_seqkd.pruning import (
     unpack_mask,
     zero_pruned,
 )
+from fairseq_seqkd.errors import UserError
 
 logger = logging.getLogger(__name__)
 

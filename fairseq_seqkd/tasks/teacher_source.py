@@ -11,7 +11,7 @@ from typing import Optional
 
 from fairseq import utils
 
-from fairseq_seqkd.teacher_cache_dataset import attach_teacher_cache
+from fairseq_seqkd.teacher_cache.dataset import attach_teacher_cache
 
 
 @dataclass

@@ -5,7 +5,7 @@ dataclass plus a mixin that overrides one fairseq hook.
 
 - teacher top-k cache (``--teacher-cache``): :mod:`fairseq_seqkd.tasks.teacher_source`
   wraps the language-pair dataset in ``load_dataset``;
-- Seq-Inter (``--seq-inter``): :mod:`fairseq_seqkd.seq_inter` wraps the generator in
+- Seq-Inter (``--seq-inter``): :mod:`fairseq_seqkd.seq_kd.seq_inter` wraps the generator in
   ``build_generator``;
 - pruning (``--prune-ratio``): :mod:`fairseq_seqkd.tasks.pruning_hooks` re-applies the
   masks in ``optimizer_step``.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from fairseq_seqkd.seq_inter import SeqInterConfig, SeqInterMixin
+from fairseq_seqkd.seq_kd.seq_inter import SeqInterConfig, SeqInterMixin
 from fairseq_seqkd.tasks.pruning_hooks import PruningConfig, PruningMixin
 from fairseq_seqkd.tasks.teacher_source import TeacherCacheConfig, TeacherCacheMixin
 

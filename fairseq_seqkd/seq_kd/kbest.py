@@ -24,15 +24,15 @@ already in the student's pieces). :class:`KBestChoice` then keeps one candidate 
 
 - Seq-KD: the best model score (ties: the earlier line);
 - Seq-Inter: the candidate closest to the reference by the project's sentence BLEU
-  (:mod:`fairseq_seqkd.sentence_bleu`, on token ids without EOS and padding), chosen as
-  :func:`fairseq_seqkd.seq_inter.seq_inter_order` chooses among a beam: BLEU values within
+  (:mod:`fairseq_seqkd.seq_kd.sentence_bleu`, on token ids without EOS and padding), chosen as
+  :func:`fairseq_seqkd.seq_kd.seq_inter.seq_inter_order` chooses among a beam: BLEU values within
   ``TIE_TOLERANCE`` are tied, then the higher model score wins, then the earlier line. A
   fairseq ``--nbest K`` list written in beam order gives the candidate the in-fairseq
   ``--seq-inter`` generator puts first (tested).
 
 It streams: lines are read, encoded and compared a chunk at a time; what is kept per sentence
 is a few numbers (the kept candidate's score, its BLEU for Seq-Inter, a hash of its line). The
-kept candidates' token ids go to the caller (:mod:`fairseq_seqkd.seqkd_corpus` writes them to its
+kept candidates' token ids go to the caller (:mod:`fairseq_seqkd.seq_kd.corpus` writes them to its
 temporary file). Within a chunk the choice is exactly ``seq_inter_order``'s; a sentence whose
 lines fall in several chunks is compared chunk by chunk with the candidate kept so far, which
 gives the same choice unless two BLEU values differ by less than ``TIE_TOLERANCE`` without being
@@ -49,11 +49,11 @@ from itertools import chain, islice
 
 import numpy as np
 
-from fairseq_seqkd.data_prep import load_sentencepiece, normalize_line
+from fairseq_seqkd.data.prepare import load_sentencepiece, normalize_line
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.io_utils import count_text_lines
-from fairseq_seqkd.sentence_bleu import SentenceBLEU
-from fairseq_seqkd.seq_inter import TIE_TOLERANCE
+from fairseq_seqkd.seq_kd.sentence_bleu import SentenceBLEU
+from fairseq_seqkd.seq_kd.seq_inter import TIE_TOLERANCE
 
 FIELDS = ("sentence_id", "score", "text")
 CHUNK_LINES = 1 << 13  # lines read, encoded and compared at a time: what is resident, whatever the file size
@@ -167,7 +167,7 @@ class TokenEncoder:
     """Translations to the student's token ids: sentencepiece-encoded, or split at whitespace.
 
     ``spm_model``: detokenized text, normalized and encoded as ``prepare`` encodes the training
-    data (:func:`fairseq_seqkd.data_prep.normalize_line`, then the model's pieces). Without it the
+    data (:func:`fairseq_seqkd.data.prepare.normalize_line`, then the model's pieces). Without it the
     text is split at whitespace. A token not in the dictionary becomes ``<unk>`` (as
     fairseq-preprocess makes it) and is counted; ``strict`` (text already in the student's pieces)
     makes it an error instead, as for fairseq's own output.

@@ -17,10 +17,10 @@ import torch
 from fairseq.data import BaseWrapperDataset, BucketPadLengthDataset, ConcatDataset, Dictionary
 from fairseq.data.indexed_dataset import MMapIndexedDataset
 
+from fairseq_seqkd.data.indexed import IndexedReader
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.fairseq_glue import TEACHER_IDS_KEY, TEACHER_PROBS_KEY
-from fairseq_seqkd.indexed_data import IndexedReader
-from fairseq_seqkd.teacher_cache import (
+from fairseq_seqkd.teacher_cache.format import (
     TeacherCache,
     _rebuild_hint,
     _scan,

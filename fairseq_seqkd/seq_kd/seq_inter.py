@@ -2,7 +2,7 @@
 
 ``fairseq-generate --task translation_kd --seq-inter --beam K`` runs fairseq's own beam search
 with beam K, scores the K finished candidates of every sentence by smoothed sentence BLEU
-against the reference (:mod:`fairseq_seqkd.sentence_bleu`, on token ids with EOS and padding
+against the reference (:mod:`fairseq_seqkd.seq_kd.sentence_bleu`, on token ids with EOS and padding
 removed) and returns them with the best one first (ties: higher model score), the others
 after it in model-score order. fairseq's ``SequenceGenerator`` finishes ``beam`` hypotheses
 per sentence whatever ``--nbest`` is, and ``fairseq-generate`` prints the first ``--nbest`` of
@@ -32,7 +32,7 @@ from fairseq.dataclass import ChoiceEnum
 from omegaconf import II
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.sentence_bleu import SMOOTH_METHODS, SentenceBLEU, pack
+from fairseq_seqkd.seq_kd.sentence_bleu import SMOOTH_METHODS, SentenceBLEU, pack
 
 # BLEU values this close count as equal, so that rounding never beats the model score.
 TIE_TOLERANCE = 1e-9

@@ -7,7 +7,7 @@ import tempfile
 
 import torch
 
-from fairseq_seqkd.checkpoint_compat import register_safe_globals
+from fairseq_seqkd.checkpoints.compat import register_safe_globals
 from fairseq_seqkd.errors import UserError
 
 

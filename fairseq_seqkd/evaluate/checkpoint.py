@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.evaluation import score_system
+from fairseq_seqkd.evaluate.scoring import score_system
 from fairseq_seqkd.io_utils import atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.generate_output import UNTAGGED, iter_blocks, translated_count
 from fairseq_seqkd.io_utils import atomic_write_text, read_lines
+from fairseq_seqkd.teacher.generate_output import UNTAGGED, iter_blocks, translated_count
 
 _PPL = re.compile(r"\|\s*ppl\s+([\d.]+)")
 
@@ -76,8 +76,8 @@ def format_ids(ids: list[int], limit: int = 10) -> str:
 
 def count_parameters(checkpoint: str) -> dict[str, int]:
     """Parameters and non-zero parameters of a fairseq checkpoint's model, tied tensors once."""
-    from fairseq_seqkd.checkpoint_io import load_checkpoint
-    from fairseq_seqkd.export import parameter_counts
+    from fairseq_seqkd.checkpoints.storage import load_checkpoint
+    from fairseq_seqkd.compress.export import parameter_counts
 
     return parameter_counts(load_checkpoint(checkpoint)["model"])
 

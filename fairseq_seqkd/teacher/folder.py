@@ -26,8 +26,8 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from fairseq_seqkd.checkpoint_io import load_checkpoint
-from fairseq_seqkd.data_prep import (
+from fairseq_seqkd.checkpoints.storage import load_checkpoint
+from fairseq_seqkd.data.prepare import (
     CleanConfig,
     SplitStats,
     count_lines,
@@ -37,9 +37,9 @@ from fairseq_seqkd.data_prep import (
     read_test_pairs,
     token_drop_reason,
 )
+from fairseq_seqkd.data.text_codec import BPES, TOKENIZERS, TextCodec
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.io_utils import atomic_open, atomic_write_text, file_sha256
-from fairseq_seqkd.text_codec import BPES, TOKENIZERS, TextCodec
 
 logger = logging.getLogger(__name__)
 

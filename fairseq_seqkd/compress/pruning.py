@@ -397,7 +397,7 @@ def prune_checkpoint(path: str, out: str, spec: PruneSpec, task_key: str = DEFAU
     The masks go where the ``translation_kd`` task keeps them (``extra_state[task_key]``), so a
     ``fairseq-train --task translation_kd --restore-file OUT`` with the same options retrains with them.
     """
-    from fairseq_seqkd.checkpoint_io import load_checkpoint, save_checkpoint
+    from fairseq_seqkd.checkpoints.storage import load_checkpoint, save_checkpoint
 
     spec.validate(where=path)
     ckpt = load_checkpoint(path)

@@ -3,7 +3,7 @@
 Output formats (``TranslateConfig.output_format``):
 
 - ``generate``: fairseq-generate's ``S-``/``H-``/``D-`` lines (``nbest`` H/D pairs per sentence) and
-  its ``Translated N sentences (T tokens) in Xs`` line, so :func:`fairseq_seqkd.evaluation.evaluate_generation`
+  its ``Translated N sentences (T tokens) in Xs`` line, so :func:`fairseq_seqkd.evaluate.scoring.evaluate_generation`
   scores a CTranslate2 run exactly as it scores a fairseq one (same BLEU, same words per second).
 - ``kbest``: the K-best TSV that ``fairseq-seqkd extract`` reads, one line per hypothesis,
   ``sentence_id<TAB>score<TAB>text``, best first within a sentence: ``sentence_id`` is the 0-based
@@ -173,16 +173,16 @@ def timing_line(sentences: int, tokens: int, seconds: float) -> str:
 def _detokenizer(cfg: TranslateConfig):
     """pieces -> text: with the target sentencepiece model, else fairseq's --tokenizer/--bpe (as
     fairseq-generate's D- lines), else fairseq's post_process, else the pieces joined by spaces."""
-    from fairseq_seqkd.data_prep import normalize_line
+    from fairseq_seqkd.data.prepare import normalize_line
 
     if cfg.target_spm:
-        from fairseq_seqkd.data_prep import load_sentencepiece
+        from fairseq_seqkd.data.prepare import load_sentencepiece
 
         sp = load_sentencepiece(cfg.target_spm)
         # one line of text whatever the model decodes to: the outputs are line and tab separated
         return lambda pieces: normalize_line(sp.decode(pieces))
     if cfg.bpe or cfg.tokenizer:
-        from fairseq_seqkd.text_codec import TextCodec
+        from fairseq_seqkd.data.text_codec import TextCodec
 
         codec = TextCodec(cfg.bpe or "", cfg.bpe_codes or cfg.sentencepiece_model or "", cfg.target_lang or "",
                           cfg.tokenizer, cfg.moses_no_dash_splits, cfg.moses_no_escape)
@@ -310,7 +310,7 @@ def translate_file(model_dir: str, source_file: str, out_file: str, cfg: Transla
     translator = load_translator(model_dir, cfg.compute_type, cfg.threads)
     encode = None
     if cfg.source_spm:
-        from fairseq_seqkd.data_prep import encode_lines, load_sentencepiece
+        from fairseq_seqkd.data.prepare import encode_lines, load_sentencepiece
 
         sp = load_sentencepiece(cfg.source_spm)
         encode = lambda texts: encode_lines(sp, texts, threads=cfg.threads)  # noqa: E731

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 
 import torch
 
-from fairseq_seqkd.checkpoint_io import load_checkpoint, save_checkpoint
+from fairseq_seqkd.checkpoints.storage import load_checkpoint, save_checkpoint
+from fairseq_seqkd.compress.pruning import apply_masks, check_masks, find_checkpoint_masks, prunable_parameters
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.pruning import apply_masks, check_masks, find_checkpoint_masks, prunable_parameters
 
 QUANTIZATIONS = ("int8", "float32", "int8_float32", "int16", "float16", "bfloat16", "int8_float16")
 # extra_state entries fairseq itself needs to resume or fine-tune; the rest is plugin or log state
@@ -178,7 +178,7 @@ def plain_checkpoint(ckpt: dict) -> dict:
 
 def parameter_counts(model_state: Mapping[str, torch.Tensor]) -> dict:
     """Parameters and non-zero parameters, each tied tensor once, fairseq's buffers excluded."""
-    from fairseq_seqkd.pruning import sparsity_report
+    from fairseq_seqkd.compress.pruning import sparsity_report
 
     report = sparsity_report(model_state.items())
     return {"params": report["params"], "nonzero_params": report["nonzero_params"]}

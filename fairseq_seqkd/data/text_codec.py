@@ -2,7 +2,7 @@
 
 fairseq-generate prints ``D-`` lines with these very objects (``--tokenizer moses --bpe subword_nmt
 --bpe-codes FILE``, or ``--bpe sentencepiece --sentencepiece-model FILE``): the teacher folder's data
-step encodes with them (:mod:`fairseq_seqkd.teacher_folder`), and ``ct2-translate`` detokenizes its
+step encodes with them (:mod:`fairseq_seqkd.teacher.folder`), and ``ct2-translate`` detokenizes its
 output with them, so both engines write the same text for the same tokens.
 """
 

@@ -28,7 +28,8 @@ from fairseq_seqkd.fairseq_glue import (
     teacher_topk,
 )
 from fairseq_seqkd.io_utils import check_free_space, file_sha256
-from fairseq_seqkd.teacher_cache import (
+from fairseq_seqkd.teacher_cache.dataset import check_against_dataset, target_lengths, target_tokens_hash
+from fairseq_seqkd.teacher_cache.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     PROBS_DTYPE,
@@ -45,7 +46,6 @@ from fairseq_seqkd.teacher_cache import (
     shard_path,
     shard_range,
 )
-from fairseq_seqkd.teacher_cache_dataset import check_against_dataset, target_lengths, target_tokens_hash
 
 logger = logging.getLogger(__name__)
 

@@ -37,12 +37,12 @@ What it checks, refusing with the list of what is wrong rather than dropping any
   into the file), matches the number of sentences in that file.
 
 It streams, so WMT-sized corpora (millions of sentences) fit in a fixed amount of memory: pass 1
-reads each file in pieces of whole blocks (:mod:`fairseq_seqkd.generate_output`; fairseq's usual
+reads each file in pieces of whole blocks (:mod:`fairseq_seqkd.teacher.generate_output`; fairseq's usual
 ``--nbest 1`` blocks in bulk, any other line by line), encodes each first ``H-``
 line to token ids and appends them to a temporary file in file order, keeping per sentence id only
 a few numbers in arrays (about 25 bytes); pass 2 writes the pairs in id order a chunk of
 sentences at a time, reading the source from the split's own files and the hypotheses from the
-temporary file (:mod:`fairseq_seqkd.indexed_data`). The output is byte for byte what fairseq's
+temporary file (:mod:`fairseq_seqkd.data.indexed`). The output is byte for byte what fairseq's
 indexed-dataset builder writes for the same pairs.
 
 An empty hypothesis (the teacher emitted only EOS) is counted, its ids are reported, and
@@ -50,7 +50,7 @@ An empty hypothesis (the teacher emitted only EOS) is counted, its ids are repor
 target, ``drop`` leaves the pair out, ``error`` refuses.
 
 :func:`extract_translations` makes the same corpus from another toolkit's translations (a
-line-aligned text file, or K-best TSV lists: :mod:`fairseq_seqkd.kbest`): pass 1 encodes them
+line-aligned text file, or K-best TSV lists: :mod:`fairseq_seqkd.seq_kd.kbest`): pass 1 encodes them
 into the student's tokens and keeps one candidate per sentence (:meth:`Hypotheses.store`); the
 checks, pass 2 and the output are shared (:func:`_extract`).
 """
@@ -73,13 +73,13 @@ from itertools import chain, repeat
 
 import numpy as np
 
-from fairseq_seqkd import kbest as kb
+from fairseq_seqkd.data.indexed import IndexedReader, IndexedWriter, SymbolLines, builder_dtype
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.evaluation import format_ids
-from fairseq_seqkd.generate_output import UNTAGGED, chunk_blocks, read_chunks, regular_blocks, translated_count
-from fairseq_seqkd.indexed_data import IndexedReader, IndexedWriter, SymbolLines, builder_dtype
+from fairseq_seqkd.evaluate.scoring import format_ids
 from fairseq_seqkd.io_utils import check_free_space
-from fairseq_seqkd.sentence_bleu import SentenceBLEU
+from fairseq_seqkd.seq_kd import kbest as kb
+from fairseq_seqkd.seq_kd.sentence_bleu import SentenceBLEU
+from fairseq_seqkd.teacher.generate_output import UNTAGGED, chunk_blocks, read_chunks, regular_blocks, translated_count
 
 logger = logging.getLogger(__name__)
 
@@ -706,7 +706,7 @@ def extract_translations(translations: list[str], data: str, out: str, split: st
     """A binarized corpus in ``out`` from another toolkit's translations of ``split``; return the report.
 
     ``translations``: one text file line-aligned with the split, or (``kbest``) K-best TSV files
-    (:mod:`fairseq_seqkd.kbest`), reduced to the best-scoring candidate of each sentence or, with
+    (:mod:`fairseq_seqkd.seq_kd.kbest`), reduced to the best-scoring candidate of each sentence or, with
     ``seq_inter``, to the one closest to the data's reference by ``bleu`` (default: the
     ``--seq-inter`` generator's). ``spm_model``: the student's sentencepiece model, for detokenized
     text; ``pieces``: the text is in the student's pieces already (every token must be in the

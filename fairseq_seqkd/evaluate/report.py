@@ -7,7 +7,7 @@ test sets and curve points its configuration asks for, and only those files are 
 a leftover of an earlier configuration); a folder read by hand without the lists is globbed. The
 report has one table per test set, the main one first; the paper's findings, the warnings about a
 broken system and the plots are judged on the main one only. Its last section is the run's
-provenance (``fairseq_seqkd.provenance``). This module only reads files: it never runs a model.
+provenance (``fairseq_seqkd.evaluate.provenance``). This module only reads files: it never runs a model.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 import os
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.findings import (
+from fairseq_seqkd.evaluate.findings import (
     COMBINED,
     SEQ_KD_WORD_KD,
     STUDENTS,
@@ -26,8 +26,8 @@ from fairseq_seqkd.findings import (
     far_below_baseline,
     findings_markdown,
 )
+from fairseq_seqkd.evaluate.provenance import collect_provenance, provenance_lines
 from fairseq_seqkd.io_utils import atomic_write_text
-from fairseq_seqkd.provenance import collect_provenance, provenance_lines
 
 logger = logging.getLogger(__name__)
 

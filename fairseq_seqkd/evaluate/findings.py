@@ -9,7 +9,7 @@ the student retrained, for a few tenths of BLEU.
 
 Each finding becomes a test with a threshold (the same ones the project's Multi30k run must
 pass): ``held`` is True or False, or None when the run lacks a system it needs. Only reads the
-report's ``systems`` (see ``fairseq_seqkd.report``).
+report's ``systems`` (see ``fairseq_seqkd.evaluate.report``).
 """
 
 from __future__ import annotations
