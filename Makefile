@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fairseq-seqkd-installed
 DEMO_DIR ?= runs/toy
 
-.PHONY: install demo test lint bench clean gpu-check
+.PHONY: install demo check test lint bench clean gpu-check
 
 install: $(STAMP)
 
@@ -18,6 +18,12 @@ $(STAMP): scripts/install.sh requirements.txt setup.py
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/toy/demo.sh $(DEMO_DIR)
 
+# the quick tier, after every change: unit tests and the fast integration tests (no pipeline runs)
+check: install
+	$(BIN)/ruff check fairseq_seqkd tests benchmarks examples recipes
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not recipes and not slow" tests
+
+# everything, what CI runs: the quick tier, the slow integration tests and the pipeline runs
 test: install
 	$(BIN)/ruff check fairseq_seqkd tests benchmarks examples recipes
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n 2 --dist loadfile tests

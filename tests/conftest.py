@@ -117,3 +117,24 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data not present (only on the project's machines and CI)")
     return SHARED_DATA
+
+
+# The quick tier (`make check`, after every change) leaves out the pipeline runs (marker recipes) and
+# these, each of which trains or translates for 8 seconds or more on 2 cores; `make test` runs all.
+SLOW = (
+    "test_ct2_teacher.py",
+    "test_teacher_folder.py",
+    "test_atomic_checkpoint.py",
+    "test_pruning.py::test_gradual_pruning_grows_nested_masks_and_resumes",
+    "test_pruning.py::test_masks_hold_through_retraining_and_resume",
+    "test_pruning.py::test_masks_identical_on_all_ranks",
+    "test_seq_inter.py::test_generation_outside_distributed_translates_everything",
+    "test_evaluation_report.py::test_evaluate_checkpoint_writes_what_the_separate_commands_write",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        where = item.nodeid.split("tests/", 1)[-1]
+        if any(where == s or where.startswith(f"{s}::") or where.startswith(f"{s}[") for s in SLOW):
+            item.add_marker(pytest.mark.slow)

@@ -115,12 +115,16 @@ def test_stock_fairseq_generate_and_ct2_float32_agree(fairseq_greedy, ct2_greedy
     assert not differ, f"CTranslate2 float32 and fairseq greedy differ on sentences {differ[:5]}"
 
 
-def test_ct2_int8_bleu_difference(fairseq_greedy, ct2_greedy, toy_corpus, record_property, capsys):
+def test_ct2_exports_translate_every_sentence_and_float32_scores_as_fairseq(fairseq_greedy, ct2_greedy, toy_corpus,
+                                                                            record_property, capsys):
     ref = str(toy_corpus / "test.de")
     bleu = {name: evaluate_generation(str(path), ref, tokenize="none")
             for name, path in [("fairseq", fairseq_greedy), *ct2_greedy.items()]}
     fairseq, f32, int8 = bleu["fairseq"], bleu["float32"], bleu["int8"]
-    assert int8["sentences"] == fairseq["sentences"]
+    assert int8["sentences"] == f32["sentences"] == fairseq["sentences"]
+    # float32 is the same model: at most a near-tie broken the other way by another CPU's kernels. int8's
+    # difference depends on the CPU's int8 kernels (AVX-512 VNNI or not): recorded, not asserted.
+    assert abs(f32["bleu"] - fairseq["bleu"]) <= 1.0, (f32["bleu"], fairseq["bleu"])
     fs = parse_generate_output(str(fairseq_greedy)).hypotheses
     q8 = parse_generate_output(str(ct2_greedy["int8"])).hypotheses
     same = sum(q8[i] == fs[i] for i in fs)
