@@ -27,7 +27,7 @@ process of its own (peak RSS: the child's own high-water mark):
 - ``online_kd``: online Word-KD's extra peak memory over label-smoothed cross-entropy in units
   of tokens x vocabulary x 4 bytes (``benchmarks/online_kd_memory.py``).
 
-``targets_met`` compares with issue 15's limits (full size): extract peak <= 1024 MB, growth
+``targets_met`` compares with the data path's limits (full size): extract peak <= 1024 MB, growth
 <= 50 MB per million, >= 20,000 sentences/s, warm cache read <= 5 ms per batch, online KD
 extra <= 2.0. ``--quick``: the same keys at 200k sentences (extract at 50k and 200k; prepare
 at 20k pairs, where sentencepiece's training dominates), about 2 minutes on 2 idle cores.
