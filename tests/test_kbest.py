@@ -181,6 +181,23 @@ def test_a_missing_extra_or_empty_line_is_refused(lists, toy_data_bin, tmp_path,
     assert report["empty_ids"] == [6] and report["written"] == N
 
 
+def test_a_last_line_without_newline_is_a_line(lists, toy_data_bin, tmp_path):
+    # counted as read_text reads it (io_utils.count_text_lines): the file is whole, not one line short
+    data = str(toy_data_bin)
+    best = first_hypotheses(str(lists / "nbest.txt"))
+    text = tmp_path / "hyp.de"
+    text.write_text("\n".join(best[i] for i in range(N)))
+    assert not text.read_bytes().endswith(b"\n")
+    report = extract_translations([str(text)], data, str(tmp_path / "cut"), split=SPLIT)
+    text.write_text("".join(best[i] + "\n" for i in range(N)))
+    extract_translations([str(text)], data, str(tmp_path / "whole"), split=SPLIT)
+    _same(tmp_path / "cut", tmp_path / "whole")
+    assert report["written"] == N
+    text.write_text("\n".join(best[i] for i in range(N - 1)))  # one line short, the last without a newline
+    with pytest.raises(UserError, match=f"{N - 1} lines but .* has {N} sentences \\(1 missing\\)"):
+        extract_translations([str(text)], data, str(tmp_path / "short"), split=SPLIT)
+
+
 def test_kbest_faults_are_named_with_file_and_line(lists, toy_data_bin, tmp_path):
     data = str(toy_data_bin)
     rows = sorted(_candidates(lists / "nbest.txt"), key=lambda r: r[0])  # id 3's lines are lines 13 to 16

@@ -99,6 +99,34 @@ def test_missing_shard_is_refused_with_its_name(generated, toy_data_bin, tmp_pat
         extract_corpus([str(gen)], str(toy_data_bin), str(tmp_path / "out"), split=SPLIT, num_shards=3)
 
 
+def test_the_pipelines_shard_names_are_read(generated, toy_data_bin, tmp_path, capsys):
+    # the pipeline's generation folder: shard0000.txt, shard0001.txt (layout.generation_shard)
+    from fairseq_seqkd.cli import main
+    from fairseq_seqkd.layout import generation_shard
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for i in range(2):
+        shutil.copyfile(generated / "sharded" / f"shard{i}.txt", generation_shard(str(gen), i))
+    extract_corpus([str(generated / "sharded")], str(toy_data_bin), str(tmp_path / "plain"), split=SPLIT)
+    for extra in ([], ["--num-shards", 2]):
+        out = tmp_path / f"padded{len(extra)}"
+        assert main(["extract", str(gen), "--data", str(toy_data_bin), "--split", SPLIT, *map(str, extra),
+                     "--out", str(out)]) == 0
+        assert f"{N} of {N} sentence pairs from 2 file(s)" in capsys.readouterr().out
+        for name in (f"{SPLIT}.en-de.en.bin", f"{SPLIT}.en-de.de.bin", f"{SPLIT}.en-de.de.idx", f"text/{SPLIT}.de"):
+            assert (out / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+        report = json.loads((out / f"{SPLIT}.extract.json").read_text())
+        assert report["generation_files"] == [generation_shard(str(gen), i) for i in range(2)]
+    # a missing shard is named as the folder names its shards; two files for one shard are refused
+    with pytest.raises(UserError, match=r"1 of 3 missing \(shard ids 2: shard0002\.txt\)"):
+        extract_corpus([str(gen)], str(toy_data_bin), str(tmp_path / "out"), split=SPLIT, num_shards=3)
+    shutil.copyfile(gen / "shard0001.txt", gen / "shard1.txt")
+    with pytest.raises(UserError, match=r"1 shards have two files \(shard ids 1: shard0001\.txt and shard1\.txt\)"):
+        extract_corpus([str(gen)], str(toy_data_bin), str(tmp_path / "out"), split=SPLIT)
+    assert not (tmp_path / "out").exists()
+
+
 def _drop_block(text, sid):
     return "\n".join(line for line in text.splitlines() if not re.match(rf"^[A-Z]-{sid}\t", line)) + "\n"
 
@@ -363,7 +391,7 @@ def test_a_killed_extracts_temporary_folder_goes_at_the_next_extract_and_a_faili
     import subprocess
     import sys
 
-    from fairseq_seqkd.seq_kd import corpus as seqkd_corpus
+    from fairseq_seqkd.seq_kd.corpus import writer
 
     host = socket.gethostname()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -391,7 +419,7 @@ def test_a_killed_extracts_temporary_folder_goes_at_the_next_extract_and_a_faili
         (Path(temporary) / "text").mkdir()
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(seqkd_corpus, "_write_pairs", disk_full)
+    monkeypatch.setattr(writer, "write_pairs", disk_full)
     for folder in (out, tmp_path / "new"):
         before = sorted(os.listdir(folder)) if folder.exists() else None
         with pytest.raises(OSError, match="No space left"):

@@ -8,6 +8,8 @@ from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.seq_kd.corpus import EMPTY_POLICIES, MAX_UNK_RATE, SHARD_NAME, extract_corpus, extract_translations
 from fairseq_seqkd.seq_kd.sentence_bleu import SMOOTH_METHODS, SentenceBLEU
 
+# reads fairseq's binarized splits and its tokenizer in this process
+NEEDS_FAIRSEQ = True
 HELP = ("merge fairseq-generate outputs of a split (Seq-KD: teacher beam output; Seq-Inter: with "
         "--seq-inter), or another toolkit's translations (--translations, --kbest), into a parallel corpus "
         "in the original order, checked and binarized with the original dictionaries")
@@ -15,8 +17,9 @@ HELP = ("merge fairseq-generate outputs of a split (Seq-KD: teacher beam output;
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("generated", nargs="*",
-                   help=f"a folder of shard outputs {SHARD_NAME.format('<i>')} (i = 0..N-1), or the output "
-                        "file(s) of fairseq-generate (stdout; generated without --post-process)")
+                   help="a folder of shard outputs shard0000.txt, shard0001.txt, ... (the pipeline's names; "
+                        f"{SHARD_NAME.format('<i>')} also, i = 0..N-1), or the output file(s) of fairseq-generate "
+                        "(stdout; generated without --post-process)")
     p.add_argument("--data", required=True, help="the binarized data folder that was translated (its "
                    "dictionaries are reused)")
     p.add_argument("--out", "--destdir", dest="out", required=True,

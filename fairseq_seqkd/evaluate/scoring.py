@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.io_utils import atomic_write_text, read_lines
+from fairseq_seqkd.io_utils import atomic_write_text, format_ids, read_lines
 from fairseq_seqkd.teacher.generate_output import UNTAGGED, iter_blocks, translated_count
 
 _PPL = re.compile(r"\|\s*ppl\s+([\d.]+)")
@@ -64,14 +64,6 @@ def ordered_hypotheses(gen: GenerateOutput, expected: int) -> list[str]:
             "--required-batch-size-multiple 1, and check that the reference file matches the split."
         )
     return [gen.hypotheses[i] for i in range(expected)]
-
-
-def format_ids(ids: list[int], limit: int = 10) -> str:
-    """A short list of sentence ids for an error message: the first ``limit``, then the count."""
-    if not ids:
-        return "none"
-    shown = ", ".join(map(str, ids[:limit]))
-    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
 def count_parameters(checkpoint: str) -> dict[str, int]:

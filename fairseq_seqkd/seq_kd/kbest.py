@@ -32,8 +32,8 @@ already in the student's pieces). :class:`KBestChoice` then keeps one candidate 
 
 It streams: lines are read, encoded and compared a chunk at a time; what is kept per sentence
 is a few numbers (the kept candidate's score, its BLEU for Seq-Inter, a hash of its line). The
-kept candidates' token ids go to the caller (:mod:`fairseq_seqkd.seq_kd.corpus` writes them to its
-temporary file). Within a chunk the choice is exactly ``seq_inter_order``'s; a sentence whose
+kept candidates' token ids go to the caller (:mod:`fairseq_seqkd.seq_kd.corpus.translation_source`
+stores them). Within a chunk the choice is exactly ``seq_inter_order``'s; a sentence whose
 lines fall in several chunks is compared chunk by chunk with the candidate kept so far, which
 gives the same choice unless two BLEU values differ by less than ``TIE_TOLERANCE`` without being
 equal (equal token statistics give equal values).
@@ -51,9 +51,7 @@ import numpy as np
 
 from fairseq_seqkd.data.prepare import load_sentencepiece, normalize_line
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.io_utils import count_text_lines
-from fairseq_seqkd.seq_kd.sentence_bleu import SentenceBLEU
-from fairseq_seqkd.seq_kd.seq_inter import TIE_TOLERANCE
+from fairseq_seqkd.seq_kd.sentence_bleu import TIE_TOLERANCE, SentenceBLEU
 
 FIELDS = ("sentence_id", "score", "text")
 CHUNK_LINES = 1 << 13  # lines read, encoded and compared at a time: what is resident, whatever the file size
@@ -69,13 +67,6 @@ class Candidates:
     numbers: np.ndarray  # int64, 1-based line numbers in the file
     texts: list[str]
     keys: np.ndarray  # int64 hash of the whole line: two equal lines have equal keys
-
-
-def count_lines(path: str) -> int:
-    """Lines of a file as a line-aligned file counts them: newlines, plus a last line without one."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
-    return count_text_lines(path)
 
 
 def _decode(path: str, raw: list[bytes], first: int) -> list[str]:
@@ -289,11 +280,41 @@ def candidate_bleu(bleu: SentenceBLEU, tokens: np.ndarray, sizes: np.ndarray, re
     return bleu.score_packed(hyp, hyp_lens, ref, ref_lens, ref_index)
 
 
-class KBestChoice:
-    """The candidate kept so far for each sentence: the best score, or (Seq-Inter) the closest to the reference."""
+def reference_tokens(reader, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(token ids, sizes) of the references of the distinct ``ids`` (from ``reader.tokens(start, stop)``), and each
+    id's place among them."""
+    unique, place = np.unique(ids, return_inverse=True)
+    if int(unique[-1] - unique[0]) < 4 * len(unique):  # the usual grouped lists: one read of the range
+        tokens, sizes = reader.tokens(int(unique[0]), int(unique[-1]) + 1)
+        sizes = sizes.astype(np.int64)
+        parts = np.split(tokens, np.cumsum(sizes)[:-1])
+        keep = unique - unique[0]
+    else:  # ids from all over the split: by runs of consecutive ids
+        runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1)
+        parts, size_parts = [], []
+        for run in runs:
+            t, z = reader.tokens(int(run[0]), int(run[-1]) + 1)
+            size_parts.append(z.astype(np.int64))
+            parts += np.split(t, np.cumsum(z.astype(np.int64))[:-1])
+        sizes = np.concatenate(size_parts)
+        keep = np.arange(len(unique))
+    chosen = [parts[k] for k in keep.tolist()]
+    return (np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, np.int64)), sizes[keep], place
 
-    def __init__(self, n: int, seq_inter: bool = False):
+
+class KBestChoice:
+    """The candidate kept so far for each sentence: the best score, or (Seq-Inter) the closest to the reference.
+
+    For Seq-Inter, :meth:`keep` measures the candidates with ``metric`` (default: the ``--seq-inter``
+    generator's BLEU) against the references read from ``reference`` (a chunked reader of the
+    split's target side), the token ids in ``strip`` (EOS, padding) left out.
+    """
+
+    def __init__(self, n: int, seq_inter: bool = False, metric: SentenceBLEU | None = None, reference=None,
+                 strip: Sequence[int] = ()):
         self.seq_inter = seq_inter
+        self.metric = metric or (SentenceBLEU() if seq_inter else None)
+        self.reference, self.strip = reference, list(strip)
         self.score = np.full(n, -np.inf)  # the kept candidate's score; -inf: no candidate yet (scores are finite)
         self.bleu = np.full(n, -np.inf) if seq_inter else None
         self.key = np.zeros(n, np.int64)  # hash of the kept candidate's line, to catch that line given again
@@ -341,3 +362,18 @@ class KBestChoice:
         self.score[ids[kept]] = scores[kept]
         self.key[ids[kept]] = keys[kept]
         return kept, repeats
+
+    def keep(self, chunk: Candidates, tokens: np.ndarray, sizes: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A chunk's candidates, encoded (``tokens`` with EOS, back to back; ``sizes``), compared with those kept:
+        (sentence ids, tokens, sizes) of the candidates now kept, and the positions of lines repeating a line."""
+        bleu = None
+        if self.seq_inter:
+            if self.reference is None:
+                raise ValueError("Seq-Inter needs the references")
+            refs, ref_sizes, ref_index = reference_tokens(self.reference, chunk.ids)
+            bleu = candidate_bleu(self.metric, tokens, sizes, refs, ref_sizes, ref_index, self.strip)
+        kept, repeats = self.choose(chunk.ids, chunk.scores, chunk.keys, bleu)
+        ends = np.cumsum(sizes)
+        parts = [tokens[e - z:e] for e, z in zip(ends[kept].tolist(), sizes[kept].tolist())]
+        return chunk.ids[kept], (np.concatenate(parts) if parts else tokens[:0]), sizes[kept], repeats
