@@ -56,16 +56,16 @@ def main() -> int:
 
     from fairseq.data.indexed_dataset import MMapIndexedDataset
 
-    from fairseq_seqkd.teacher_cache.dataset import target_tokens_hash
+    from fairseq_seqkd.teacher_cache.checks import target_tokens_hash
     from fairseq_seqkd.teacher_cache.format import (
         FORMAT_NAME,
         FORMAT_VERSION,
         PROBS_DTYPE,
         ShardWriter,
-        TeacherCache,
         merge_shards,
         shard_path,
     )
+    from fairseq_seqkd.teacher_cache.reader import TeacherCache
 
     rng = np.random.default_rng(0)
     lengths = np.clip(rng.gamma(2.0, 14.0, size=tokens_wanted // 20), 1, 80).astype(np.int64)

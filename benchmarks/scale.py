@@ -254,7 +254,8 @@ def _batches(dataset, order: np.ndarray, lo: int, hi: int, max_tokens: int) -> l
 def child_cache_write(data: str, out: str, limit: int) -> dict:
     """Write the cache of the first ``limit`` sentences of ``data``'s train split as the cache stage does."""
     from fairseq_seqkd.fairseq_glue import batch_order
-    from fairseq_seqkd.teacher_cache.dataset import target_lengths, target_tokens_hash
+    from fairseq_seqkd.layout import shard_range
+    from fairseq_seqkd.teacher_cache.checks import target_lengths, target_tokens_hash
     from fairseq_seqkd.teacher_cache.format import (
         FORMAT_NAME,
         FORMAT_VERSION,
@@ -264,7 +265,6 @@ def child_cache_write(data: str, out: str, limit: int) -> dict:
         ids_dtype_for,
         merge_shards,
         shard_path,
-        shard_range,
     )
 
     t0 = time.perf_counter()
@@ -310,7 +310,7 @@ def child_cache_read(data: str, out: str, warm_batches: int, cold_batches: int) 
     """ms per 8k-token batch that the cache adds to fairseq's __getitem__ + collater, warm and cold."""
     from fairseq_seqkd.fairseq_glue import batch_order
     from fairseq_seqkd.teacher_cache.dataset import TeacherCacheDataset
-    from fairseq_seqkd.teacher_cache.format import TeacherCache
+    from fairseq_seqkd.teacher_cache.reader import TeacherCache
 
     task, dataset = _load(data)
     cache = TeacherCache(out, "train")

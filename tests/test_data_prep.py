@@ -12,19 +12,12 @@ from pathlib import Path
 import pytest
 
 from fairseq_seqkd.commands import prepare as prepare_cmd
-from fairseq_seqkd.data.prepare import (
-    CleanConfig,
-    SpmConfig,
-    decode_pieces,
-    detect_format,
-    iter_pairs,
-    prepare_corpus,
-    read_side,
-    read_test_pairs,
-    token_drop_reason,
-)
+from fairseq_seqkd.data.encode import CleanConfig, files_complete, token_drop_reason
+from fairseq_seqkd.data.prepare import MANIFEST, SETTINGS, SpmConfig, decode_pieces, prepare_corpus
+from fairseq_seqkd.data.read import detect_format, iter_pairs, read_side, read_test_pairs
 from fairseq_seqkd.data.toy_corpus import write_corpus
 from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.io_utils import count_text_lines
 
 WMT_SGML = """<srcset setid="newstest2014" srclang="any">
 <doc docid="1-news" genre="news" origlang="en">
@@ -83,6 +76,16 @@ def test_formats_are_read_like_sacrebleu(tmp_path):
 def test_a_stray_carriage_return_or_line_separator_does_not_split_a_line(tmp_path):
     (tmp_path / "a.en").write_bytes("one\rstill one\u2028and\x85more\nsecond\r\n".encode())
     assert read_side(str(tmp_path / "a.en")) == ["one still one and more", "second"]
+
+
+def test_lines_are_counted_as_they_are_read(tmp_path):
+    """count_text_lines (what a manifest records and checks) counts the lines iter_side reads."""
+    cases = {"last.en": "one\ntwo", "ended.en": "one\ntwo\n", "cr.en": "a\rb\u2028c\x85d\n\ne\r\n", "empty.en": ""}
+    for name, text in cases.items():
+        (tmp_path / name).write_bytes(text.encode())
+        assert count_text_lines(str(tmp_path / name)) == len(read_side(str(tmp_path / name))), name
+    assert files_complete(str(tmp_path), {"last.en": 2, "cr.en": 3})
+    assert not files_complete(str(tmp_path), {"last.en": 1})
 
 
 def test_real_wmt_sgml_and_iwslt_text(shared_data):
@@ -183,10 +186,29 @@ def test_encoding_round_trips_through_fairseq_post_process(toy_raw, toy_prepared
 def test_prepare_resumes_and_refuses_other_settings(toy_raw, toy_prepared, caplog):
     out, manifest = toy_prepared
     mtime = os.path.getmtime(out / "train.en")
+    original = (toy_raw / "train.en").read_text()
     again = prepare_corpus(_raw(toy_raw), str(out), "en", "de", vocab_size=200)
     assert again == manifest and os.path.getmtime(out / "train.en") == mtime
     with pytest.raises(UserError, match="other settings"):
         prepare_corpus(_raw(toy_raw), str(out), "en", "de", vocab_size=300)
+    # an input is known by its content: the same size with other words is another input
+    (toy_raw / "train.en").write_text((toy_raw / "train.en").read_text().replace("a", "e"))
+    try:
+        with pytest.raises(UserError, match="other settings.*inputs"):
+            prepare_corpus(_raw(toy_raw), str(out), "en", "de", vocab_size=200)
+    finally:
+        (toy_raw / "train.en").write_text(original)
+    # a folder prepared before inputs had fingerprints (name and size) is kept
+    for name in (MANIFEST, SETTINGS):
+        recorded = json.loads((out / name).read_text())
+        settings = recorded.get("settings", recorded)
+        for pairs in settings["inputs"].values():
+            for pair in pairs:
+                for entry in pair:
+                    del entry["fingerprint"]
+        (out / name).write_text(json.dumps(recorded))
+    assert prepare_corpus(_raw(toy_raw), str(out), "en", "de", vocab_size=200)["files"] == manifest["files"]
+    assert os.path.getmtime(out / "train.en") == mtime
     # a deleted output is noticed and the folder prepared again
     (out / "valid.de").unlink()
     redone = prepare_corpus(_raw(toy_raw), str(out), "en", "de", vocab_size=200)

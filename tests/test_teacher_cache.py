@@ -20,8 +20,10 @@ from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.fairseq_glue import TEACHER_IDS_KEY, TEACHER_PROBS_KEY, load_teacher
 from fairseq_seqkd.io_utils import file_sha256
 from fairseq_seqkd.teacher_cache.build import build_cache
-from fairseq_seqkd.teacher_cache.dataset import attach_teacher_cache, check_against_dataset
-from fairseq_seqkd.teacher_cache.format import TeacherCache, dictionary_hash, header_path, shard_path
+from fairseq_seqkd.teacher_cache.checks import check_against_dataset
+from fairseq_seqkd.teacher_cache.dataset import attach_teacher_cache
+from fairseq_seqkd.teacher_cache.format import dictionary_hash, header_path, shard_path
+from fairseq_seqkd.teacher_cache.reader import TeacherCache
 
 
 def kd_task(data: Path, *argv: str):
@@ -29,6 +31,9 @@ def kd_task(data: Path, *argv: str):
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+    import fairseq_seqkd
+
+    fairseq_seqkd.register()  # translation_kd, as --user-dir registers it in fairseq-train
     args = options.parse_args_and_arch(options.get_training_parser(),
                                        [str(data), "--task", "translation_kd", *TINY_TRANSFORMER, "--cpu",
                                         *map(str, argv)])

@@ -22,14 +22,10 @@ from conftest import TINY_TRANSFORMER, plugin_dir, run_cli, train_tiny
 from recipe_runs import run_recipe
 
 from fairseq_seqkd import cli
-from fairseq_seqkd.data.prepare import CleanConfig
+from fairseq_seqkd.data.encode import CleanConfig
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.teacher.folder import (
-    TeacherEncoder,
-    TeacherFolderConfig,
-    prepare_teacher_data,
-    read_teacher_folder,
-)
+from fairseq_seqkd.teacher.folder import TeacherFolderConfig, read_teacher_folder
+from fairseq_seqkd.teacher.teacher_data import TeacherEncoder, prepare_teacher_data
 
 SIZES = {"train": 600, "valid": 40, "test": 13}  # 13: not a multiple of 8
 ZOO = "wmt16.en-de.joined-dict.transformer"
@@ -232,7 +228,7 @@ def test_teacher_data_command_gives_data_the_teacher_translates(zoo, tmp_path, c
     teacher = read_teacher_folder(str(zoo["folder"]), "en", "de")
     splits = {"valid": [(str(raw / "valid.en"), str(raw / "valid.de"))],
               "test": [(str(raw / "test.en"), str(raw / "test.de"))]}
-    with caplog.at_level(logging.INFO, logger="fairseq_seqkd.teacher.folder"):
+    with caplog.at_level(logging.INFO, logger="fairseq_seqkd.teacher.teacher_data"):
         assert prepare_teacher_data(teacher, splits, str(out)) == manifest
     assert "encoded before with this teacher" in caplog.text
     # without split files the command only checks the folder; a fault is exit status 2 and its message

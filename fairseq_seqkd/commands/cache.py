@@ -9,6 +9,8 @@ from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.teacher_cache.build import DEFAULT_CHUNK_SENTENCES, build_cache, verify_cache
 from fairseq_seqkd.teacher_cache.format import header_path
 
+# runs the teacher (a fairseq model, maybe trained with translation_kd) in this process
+NEEDS_FAIRSEQ = True
 HELP = ("run a teacher with teacher forcing over a binarized split and store its top-k distribution per "
         "target token (for --task translation_kd --teacher-cache DIR --criterion word_kd)")
 

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 
+from fairseq_seqkd.commands._options import add_config, config_from
 from fairseq_seqkd.data.prepare import MAX_POSITIONS, CleanConfig, SpmConfig, prepare_corpus, prepare_test_set
 
+NEEDS_FAIRSEQ = False
 HELP = ("read raw parallel text (plain, WMT SGML, IWSLT XML or train.tags), clean the training pairs "
         "(drops counted), train one joint sentencepiece model and encode train/valid/test for fairseq; "
         "with --test-only, encode one more test set with a prepared run's model")
-
-
-def _add_config(p: argparse.ArgumentParser, cls) -> None:
-    """One option per config field, with the field's default and help (fairseq style)."""
-    for f in fields(cls):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                       help=f"{f.metadata['help']} (default {f.default})")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -35,8 +29,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "OUT/test.* and OUT/test.raw.*: an extra test set of a prepared run")
     p.add_argument("--spm-model", help="with --test-only: the run's sentencepiece model (OUT/spm.model of its "
                                        "prepare); without it the text stays as words (a word-level corpus)")
-    _add_config(p, SpmConfig)
-    _add_config(p, CleanConfig)
+    add_config(p, SpmConfig)
+    add_config(p, CleanConfig)
     p.add_argument("--max-positions", type=int, default=MAX_POSITIONS,
                    help="a valid or test sentence of this many pieces or more is an error (fairseq-generate "
                         "refuses it): the models' --max-source-positions/--max-target-positions "
@@ -59,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     missing = [split for split in ("train", "valid", "test") if not getattr(args, split)]
     if missing:
         raise SystemExit(f"prepare: give {', '.join('--' + s for s in missing)} (each SRC_FILE TGT_FILE)")
-    spm_cfg = SpmConfig(**{f.name: getattr(args, f.name) for f in fields(SpmConfig)})
-    clean = CleanConfig(**{f.name: getattr(args, f.name) for f in fields(CleanConfig)})
+    spm_cfg = config_from(args, SpmConfig)
+    clean = config_from(args, CleanConfig)
     raw = {split: [tuple(pair) for pair in getattr(args, split)] for split in ("train", "valid", "test")}
     manifest = prepare_corpus(raw, args.out_dir, args.src, args.tgt, clean=clean, spm_cfg=spm_cfg,
                               threads=args.threads, max_positions=args.max_positions)

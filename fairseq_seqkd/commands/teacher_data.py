@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 
-from fairseq_seqkd.data.prepare import CleanConfig
+from fairseq_seqkd.commands._options import add_config, config_from
+from fairseq_seqkd.data.encode import CleanConfig
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.teacher.folder import TeacherFolderConfig, prepare_teacher_data, read_teacher_folder
+from fairseq_seqkd.teacher.folder import TeacherFolderConfig, read_teacher_folder
+from fairseq_seqkd.teacher.teacher_data import prepare_teacher_data
 
+# runs fairseq-preprocess in this process
+NEEDS_FAIRSEQ = True
 HELP = ("check a fairseq teacher folder (the model zoo's layout: checkpoint, dict.SRC.txt, dict.TGT.txt, BPE "
         "codes or a sentencepiece model), encode parallel text with its tokenization and subword model, and "
         "binarize it with its dictionaries; without split files, only check the folder")
-
-
-def _add_config(p: argparse.ArgumentParser, cls) -> None:
-    """One option per config field, with the field's default and help (fairseq style)."""
-    for f in fields(cls):
-        name = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            p.add_argument(name, action="store_true", help=f.metadata["help"])
-        else:
-            p.add_argument(name, type=type(f.default), default=f.default,
-                           help=f"{f.metadata['help']} (default {f.default!r})")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -40,12 +32,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--destdir", default=None,
                    help="also binarize into this folder with fairseq-preprocess and the teacher's dictionaries")
     p.add_argument("--workers", type=int, default=1, help="encoding and binarizing processes (default 1)")
-    _add_config(p, TeacherFolderConfig)
-    _add_config(p, CleanConfig)
+    add_config(p, TeacherFolderConfig)
+    add_config(p, CleanConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = TeacherFolderConfig(**{f.name: getattr(args, f.name) for f in fields(TeacherFolderConfig)})
+    cfg = config_from(args, TeacherFolderConfig)
     teacher = read_teacher_folder(args.teacher_dir, args.src, args.tgt, cfg)
     raw = {split: [tuple(pair) for pair in getattr(args, split)] for split in ("train", "valid", "test")}
     if not any(raw.values()):
@@ -54,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out_dir:
         raise UserError("teacher-data: give the output folder (OUT) to encode the split files into")
-    clean = CleanConfig(**{f.name: getattr(args, f.name) for f in fields(CleanConfig)})
+    clean = config_from(args, CleanConfig)
     manifest = prepare_teacher_data(teacher, raw, args.out_dir, clean=clean, workers=args.workers,
                                     destdir=args.destdir)
     splits = {s: {k: v[k] for k in ("read", "kept", "dropped")} for s, v in manifest["splits"].items()}

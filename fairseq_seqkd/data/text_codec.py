@@ -9,6 +9,7 @@ output with them, so both engines write the same text for the same tokens.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 TOKENIZERS = ("moses", "space", "none")
 BPES = ("subword_nmt", "sentencepiece")
@@ -37,6 +38,10 @@ class TextCodec:
             line = self.tokenizer.encode(line)
         # one space between tokens: what fairseq's tokenize_line splits again
         return " ".join(self.bpe.encode(line).split())
+
+    def encode_batch(self, lines: Sequence[str]) -> list[list[str]]:
+        """The tokens of each line (an :class:`~fairseq_seqkd.data.encode.Encoder`)."""
+        return [self.encode(line).split() for line in lines]
 
     def decode(self, line: str) -> str:
         """Undo the subword model, then detokenize (fairseq-generate's D- lines)."""

@@ -53,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.io_utils import atomic_open, atomic_write_text, content_fingerprint, count_text_lines
+from fairseq_seqkd.layout import shard_range
 
 logger = logging.getLogger(__name__)
 
@@ -247,11 +248,6 @@ def count_source_lines(path: str) -> int:
     if not os.path.exists(path):
         raise UserError(f"{path}: no such source file")
     return count_text_lines(path)
-
-
-def shard_range(lines: int, num_shards: int, shard_id: int) -> tuple[int, int]:
-    """[first, end) line ids of shard ``shard_id`` of ``num_shards`` contiguous shards."""
-    return shard_id * lines // num_shards, (shard_id + 1) * lines // num_shards
 
 
 def _settings(model_dir: str, source_file: str, lines: int, cfg: TranslateConfig) -> dict:

@@ -1,4 +1,4 @@
-"""A fairseq teacher folder (the model zoo's layout): read it, check it, encode text as its training data was.
+"""A fairseq teacher folder (the model zoo's layout): read it and check it.
 
 A folder such as fairseq's ``wmt16.en-de.joined-dict.transformer`` (Ott et al., 2018) holds
 
@@ -10,47 +10,30 @@ A folder such as fairseq's ``wmt16.en-de.joined-dict.transformer`` (Ott et al., 
 :func:`read_teacher_folder` finds these files and refuses, before any long job starts, a folder
 whose dictionaries do not fit the checkpoint's embeddings, whose language pair is not the one asked
 for, whose subword model is missing, or whose shared embeddings sit over two different dictionaries.
-:func:`prepare_teacher_data` then encodes parallel text with fairseq's own encoders (``--tokenizer
-moses``, ``--bpe subword_nmt`` / ``sentencepiece``, in the order fairseq's hub interface applies
-them), line by line, and binarizes it with the teacher's dictionaries, so that a student trained on
-it shares the teacher's vocabulary (Word-KD needs that) and the teacher can translate it.
+:func:`fairseq_seqkd.teacher.teacher_data.prepare_teacher_data` then encodes text as the teacher's
+data was, and binarizes it with the teacher's dictionaries.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import logging
-import multiprocessing
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from fairseq_seqkd.checkpoints.storage import load_checkpoint
-from fairseq_seqkd.data.prepare import (
-    CleanConfig,
-    SplitStats,
-    count_lines,
-    iter_pairs,
-    load_sentencepiece,
-    raw_drop_reason,
-    read_test_pairs,
-    token_drop_reason,
-)
-from fairseq_seqkd.data.text_codec import BPES, TOKENIZERS, TextCodec
+from fairseq_seqkd.data.prepare import load_sentencepiece
+from fairseq_seqkd.data.text_codec import BPES, TOKENIZERS
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.io_utils import atomic_open, atomic_write_text, file_sha256
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
-MANIFEST = "teacher.json"
 # the names fairseq's hub loader (hub_utils.from_pretrained) gives these files, and common others
 CODES_NAMES = ("bpecodes", "code", "codes", "bpe.codes")
 SPM_NAMES = ("sentencepiece.bpe.model", "spm.model", "sentencepiece.model")
 NSPECIAL = 4  # <s> <pad> </s> <unk>: fairseq's Dictionary adds them before the file's symbols
 DEFAULT_MAX_POSITIONS = 1024  # fairseq's transformer default, for checkpoints that do not say
-ENCODE_CHUNK = 2000  # pairs per work item: bounded memory, and enough work to amortize the pool
 
 
 @dataclass
@@ -379,265 +362,3 @@ def read_teacher_folder(folder: str, src: str, tgt: str, cfg: TeacherFolderConfi
     logger.info("teacher folder %s: %s, %s-%s, dictionaries %s, %s%s", folder, os.path.basename(ckpt), src, tgt,
                 "joined" if joined else "separate", f"{tokenizer} + " if tokenizer else "", bpe)
     return teacher
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoding text as the teacher's training data was
-
-
-class TeacherEncoder(TextCodec):
-    """One language's text to the teacher's subword tokens and back, with fairseq's own encoders."""
-
-    def __init__(self, teacher: TeacherFolder, lang: str):
-        super().__init__(teacher.bpe, teacher.bpe_file, lang, teacher.tokenizer,
-                         teacher.moses_no_dash_splits, teacher.moses_no_escape)
-
-
-_WORKER: tuple[TeacherEncoder, TeacherEncoder] | None = None
-
-
-def _start_worker(teacher: TeacherFolder) -> None:
-    global _WORKER
-    _WORKER = (TeacherEncoder(teacher, teacher.src), TeacherEncoder(teacher, teacher.tgt))
-
-
-def _encode_chunk(chunk: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    assert _WORKER is not None
-    enc_src, enc_tgt = _WORKER
-    return [(enc_src.encode(s), enc_tgt.encode(t)) for s, t in chunk]
-
-
-def _chunks(pairs: Iterable[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
-    chunk: list[tuple[str, str]] = []
-    for pair in pairs:
-        chunk.append(pair)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def encode_pairs(teacher: TeacherFolder, pairs: Iterable[tuple[str, str]],
-                 workers: int = 1) -> Iterator[tuple[str, str, str, str]]:
-    """(source, target, encoded source, encoded target) for each pair, in order, streamed in chunks."""
-    chunks = _chunks(pairs, ENCODE_CHUNK)
-    if workers <= 1:
-        _start_worker(teacher)
-        for chunk in chunks:
-            yield from ((s, t, es, et) for (s, t), (es, et) in zip(chunk, _encode_chunk(chunk)))
-        return
-    # fork: the workers inherit the loaded modules; each builds its own encoders once
-    with multiprocessing.get_context("fork").Pool(workers, _start_worker, (teacher,)) as pool:
-        pending: list[list[tuple[str, str]]] = []
-
-        def originals() -> Iterator[list[tuple[str, str]]]:
-            for chunk in chunks:
-                pending.append(chunk)
-                yield chunk
-
-        for encoded in pool.imap(_encode_chunk, originals()):
-            chunk = pending.pop(0)
-            yield from ((s, t, es, et) for (s, t), (es, et) in zip(chunk, encoded))
-
-
-# ---------------------------------------------------------------------------------------------
-# A data folder for the student: encoded text, the teacher's dictionaries, fairseq-preprocess
-
-
-def _read(split: str, files: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str, tuple[str, str, int]]]:
-    """(source, target, (source file, target file, sentence number)) of a split: test strictly, the others streamed."""
-    for src_path, tgt_path in files:
-        logger.info("%s: reading %s and %s", split, src_path, tgt_path)
-        pairs = read_test_pairs(src_path, tgt_path) if split == "test" else iter_pairs(src_path, tgt_path)
-        for n, (s, t) in enumerate(pairs, 1):
-            yield s, t, (src_path, tgt_path, n)
-
-
-def _encode_split(teacher: TeacherFolder, split: str, files: Sequence[tuple[str, str]], out_dir: str,
-                  clean: CleanConfig, workers: int) -> dict:
-    """Write OUT/{split}.{src,tgt} (teacher tokens) and OUT/{split}.raw.{src,tgt} (the kept sentences)."""
-    src, tgt = teacher.src, teacher.tgt
-    vocab = {lang: set(load_dictionary(teacher.dicts[lang]).symbols) for lang in (src, tgt)}
-    tokens, unknown = {src: 0, tgt: 0}, {src: 0, tgt: 0}
-    # two counters: with workers, readable() runs in the pool's feeder thread while this one writes
-    read_stats, stats = SplitStats(), SplitStats()
-    origin: list[tuple[str, str, int]] = []  # valid/test: the kept pairs' files and sentence numbers, for errors
-    too_long: list[str] = []
-    paths = [os.path.join(out_dir, f"{split}{kind}.{lang}") for kind in ("", ".raw") for lang in (src, tgt)]
-
-    def readable() -> Iterator[tuple[str, str]]:
-        for s, t, where in _read(split, files):
-            read_stats.read += 1
-            reason = raw_drop_reason(s, t, clean) if split == "train" else "empty" if not s or not t else None
-            if reason:
-                read_stats.drop(reason)
-                continue
-            if split != "train":
-                origin.append(where)
-            yield s, t
-
-    with atomic_open(paths[0]) as es_f, atomic_open(paths[1]) as et_f, \
-            atomic_open(paths[2]) as rs_f, atomic_open(paths[3]) as rt_f:
-        for i, (s, t, es, et) in enumerate(encode_pairs(teacher, readable(), workers)):
-            ps, pt = es.split(), et.split()
-            if split == "train":
-                reason = "empty_encoded" if not ps or not pt else token_drop_reason(len(ps), len(pt), clean)
-                if reason:
-                    stats.drop(reason)
-                    continue
-            else:  # +1: the end-of-sentence token fairseq appends
-                for side, lang, pieces in ((0, src, ps), (1, tgt, pt)):
-                    if not pieces or len(pieces) + 1 > teacher.max_positions[lang]:
-                        too_long.append(f"{origin[i][side]} sentence {origin[i][2]}: {len(pieces)} tokens")
-            for lang, pieces in ((src, ps), (tgt, pt)):
-                tokens[lang] += len(pieces)
-                unknown[lang] += sum(1 for p in pieces if p not in vocab[lang])
-            es_f.write(es + "\n")
-            et_f.write(et + "\n")
-            rs_f.write(s + "\n")
-            rt_f.write(t + "\n")
-            stats.kept += 1
-            if stats.kept % 1_000_000 == 0:
-                logger.info("%s: %d pairs encoded", split, stats.kept)
-        if too_long:  # raised inside the block: no output file is written
-            raise UserError(
-                f"{split}: {len(too_long)} sentence(s) empty or longer than the teacher's max positions "
-                f"({teacher.max_positions[src]} {src}, {teacher.max_positions[tgt]} {tgt}, end of sentence included) "
-                f"after its tokenization: {'; '.join(too_long[:5])}. A {split} sentence is never dropped: split or "
-                "shorten it in both files, or remove the pair")
-    stats.read = read_stats.read
-    for reason, n in read_stats.dropped.items():
-        stats.dropped[reason] = stats.dropped.get(reason, 0) + n
-    if stats.kept == 0:
-        raise UserError(f"{split}: no sentence pair left in {', '.join(p for pair in files for p in pair)}")
-    unk = {lang: unknown[lang] / max(tokens[lang], 1) for lang in (src, tgt)}
-    for lang in (src, tgt):
-        if unk[lang] > 0.01:  # fairseq-preprocess maps them to <unk>: a different subword model, most likely
-            logger.warning("%s.%s: %.1f%% of the tokens are not in %s; is %s the subword model this teacher was "
-                           "trained with?", split, lang, 100 * unk[lang], teacher.dicts[lang], teacher.bpe_file)
-    logger.info("encoded %s", stats.summary(split))
-    return {**asdict(stats), "tokens": tokens, "unknown_tokens": unknown}
-
-
-def _write_dict(teacher: TeacherFolder, lang: str, out_dir: str) -> str:
-    """OUT/dict.LANG.txt: the teacher's file, with fairseq's madeupword lines where the checkpoint has them."""
-    with open(teacher.dicts[lang], encoding="utf-8") as f:
-        text = f.read()
-    if text and not text.endswith("\n"):
-        text += "\n"
-    missing = teacher.embedding_rows[lang] - teacher.symbols[lang]
-    # the very symbols Dictionary.pad_to_multiple_ adds, in its order, as Dictionary.save writes them
-    text += "".join(f"madeupword{i:04d} 0\n" for i in range(missing))
-    path = os.path.join(out_dir, f"dict.{lang}.txt")
-    atomic_write_text(path, text)
-    size = len(load_dictionary(path))
-    if size != teacher.embedding_rows[lang]:  # e.g. the file already holds madeupword0000
-        raise UserError(f"{teacher.dicts[lang]}: padded to {teacher.embedding_rows[lang]} rows it has {size} "
-                        "symbols; use the dictionary that came with the checkpoint")
-    return path
-
-
-def preprocess_args(manifest: Mapping) -> list[str]:
-    """The ``fairseq-preprocess`` options that binarize a teacher data folder with the teacher's dictionaries."""
-    out, src, tgt = manifest["out_dir"], manifest["teacher"]["src"], manifest["teacher"]["tgt"]
-    args = ["--source-lang", src, "--target-lang", tgt]
-    for split in manifest["splits"]:
-        args += [f"--{split}pref", os.path.join(out, split)]
-    # fairseq-preprocess refuses --tgtdict next to --joined-dictionary: the source dictionary serves both
-    if manifest["teacher"]["joined"]:
-        return args + ["--srcdict", os.path.join(out, f"dict.{src}.txt"), "--joined-dictionary"]
-    return args + ["--srcdict", os.path.join(out, f"dict.{src}.txt"), "--tgtdict", os.path.join(out, f"dict.{tgt}.txt")]
-
-
-def binarize(manifest: Mapping, destdir: str, workers: int = 1) -> None:
-    """Run fairseq-preprocess (fairseq's own, in this process) with the teacher's dictionaries into ``destdir``."""
-    from fairseq import options
-    from fairseq_cli import preprocess
-
-    argv = [*preprocess_args(manifest), "--destdir", destdir, "--workers", str(max(1, workers))]
-    logger.info("fairseq-preprocess %s", " ".join(argv))
-    preprocess.main(options.get_preprocessing_parser().parse_args(argv))
-    for lang in (manifest["teacher"]["src"], manifest["teacher"]["tgt"]):
-        rows = manifest["teacher"]["embedding_rows"][lang]
-        size = len(load_dictionary(os.path.join(destdir, f"dict.{lang}.txt")))
-        if size != rows:  # never expected: fairseq-preprocess copies the dictionary it is given
-            raise UserError(f"{destdir}/dict.{lang}.txt: {size} symbols, the teacher's embedding {rows}")
-
-
-def _file_id(path: str) -> dict:
-    st = os.stat(path)
-    return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _complete(manifest: Mapping) -> bool:
-    """Whether every file the manifest lists is there with its recorded line count."""
-    for name, lines in manifest.get("files", {}).items():
-        path = os.path.join(manifest["out_dir"], name)
-        if not os.path.isfile(path) or count_lines(path) != lines:
-            return False
-    return True
-
-
-def prepare_teacher_data(teacher: TeacherFolder, raw: Mapping[str, Sequence[tuple[str, str]]], out_dir: str,
-                         clean: CleanConfig | None = None, workers: int = 1, destdir: str | None = None) -> dict:
-    """Encode each split's pairs as the teacher's data, copy its dictionaries into ``out_dir``; return the manifest.
-
-    ``raw`` maps train/valid/test (any of them) to (source file, target file) pairs, concatenated in order:
-    detokenized text, one sentence a line (plain text, WMT SGML or IWSLT XML, as ``prepare`` reads).
-    Training pairs empty or too long are dropped (counted); a valid/test sentence never is. ``OUT/teacher.json``,
-    written last, records the teacher, the counts, the ``fairseq-preprocess`` options and the
-    ``fairseq-generate`` options that detokenize test output; a finished folder is checked and kept.
-    With ``destdir``, the data is also binarized there with fairseq-preprocess.
-    """
-    clean = clean or CleanConfig()
-    splits = [s for s in SPLITS if raw.get(s)]
-    if not splits:
-        raise UserError("no input files: give at least one of --train, --valid, --test")
-    for split in splits:
-        for path in (p for pair in raw[split] for p in pair):
-            if not os.path.isfile(path):
-                raise UserError(f"{path}: no such file ({split} split)")
-    os.makedirs(out_dir, exist_ok=True)
-    settings = {
-        "teacher": {**asdict(teacher), "checkpoint_file": _file_id(teacher.checkpoint),
-                    "dict_sha256": {lang: file_sha256(p) for lang, p in teacher.dicts.items()},
-                    "bpe_sha256": file_sha256(teacher.bpe_file)},
-        "inputs": {split: [[_file_id(p) for p in pair] for pair in raw[split]] for split in splits},
-        "clean": asdict(clean),
-    }
-    manifest_path = os.path.join(out_dir, MANIFEST)
-    manifest: dict = {}
-    if os.path.isfile(manifest_path):
-        with open(manifest_path, encoding="utf-8") as f:
-            try:
-                manifest = json.load(f)
-            except json.JSONDecodeError:
-                manifest = {}
-    if manifest.get("settings") == settings and manifest.get("out_dir") == os.path.abspath(out_dir) \
-            and _complete(manifest):
-        logger.info("%s: encoded before with this teacher and these files, kept (delete %s to redo)",
-                    out_dir, manifest_path)
-    else:
-        if os.path.exists(manifest_path):
-            os.unlink(manifest_path)  # the folder is being redone: no stale manifest may describe it
-        for lang in (teacher.src, teacher.tgt):
-            _write_dict(teacher, lang, out_dir)
-        stats = {split: _encode_split(teacher, split, raw[split], out_dir, clean, workers) for split in splits}
-        files = {f"{split}{kind}.{lang}": stats[split]["kept"] for split in splits for kind in ("", ".raw")
-                 for lang in (teacher.src, teacher.tgt)}
-        manifest = {
-            "out_dir": os.path.abspath(out_dir),
-            "teacher": {**asdict(teacher), "encoder_args": teacher.encoder_args()},
-            "splits": stats,
-            "files": files,
-            "settings": settings,
-        }
-        manifest["preprocess_args"] = preprocess_args(manifest)
-        # the options fairseq-generate needs to print detokenized D- lines (BLEU against test.raw.TGT);
-        # they also detokenize S-/T- lines, so the teacher's decoding of the training data runs without them
-        manifest["generate_args"] = teacher.encoder_args()
-        atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if destdir:
-        binarize(manifest, destdir, workers)
-    return manifest

@@ -28,13 +28,13 @@ from fairseq_seqkd.fairseq_glue import (
     teacher_topk,
 )
 from fairseq_seqkd.io_utils import check_free_space, file_sha256
-from fairseq_seqkd.teacher_cache.dataset import check_against_dataset, target_lengths, target_tokens_hash
+from fairseq_seqkd.layout import shard_range
+from fairseq_seqkd.teacher_cache.checks import check_against_dataset, target_lengths, target_tokens_hash
 from fairseq_seqkd.teacher_cache.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     PROBS_DTYPE,
     ShardWriter,
-    TeacherCache,
     _identity_diff,
     _scan,
     dictionary_hash,
@@ -44,8 +44,8 @@ from fairseq_seqkd.teacher_cache.format import (
     read_shard_header,
     shard_layout,
     shard_path,
-    shard_range,
 )
+from fairseq_seqkd.teacher_cache.reader import TeacherCache
 
 logger = logging.getLogger(__name__)
 
