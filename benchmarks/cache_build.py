@@ -53,9 +53,11 @@ def main() -> int:
     repeats = a.repeats or (3 if a.quick else 5)
     start = time.perf_counter()
 
-    import fairseq_seqkd  # noqa: F401  (registrations, safe globals)
+    import fairseq_seqkd
     from fairseq_seqkd.fairseq_glue import load_split, load_teacher_for_data, teacher_batches
     from fairseq_seqkd.teacher_cache.build import build_cache
+
+    fairseq_seqkd.register()  # translation_kd, word_kd, safe globals
 
     with tempfile.TemporaryDirectory(prefix="cache_build.") as work:
         data = prepare_data(work, train_size)

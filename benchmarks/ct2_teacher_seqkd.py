@@ -213,7 +213,7 @@ def main() -> None:
     def generate() -> dict:
         r = run(fs_cmd, logs / "fairseq_generate.log", threads, fs_gen)
         # fairseq's own figure: decoding only, model loading excluded
-        from fairseq_seqkd.teacher.generate_output import translated_count  # the one parser; imports fairseq
+        from fairseq_seqkd.teacher.generate_output import translated_count  # the one parser
 
         found = [c for c in map(translated_count, (logs / "fairseq_generate.log").read_text().splitlines()) if c]
         r["reported_s"] = found[-1][2] if found else None

@@ -184,7 +184,7 @@ def fastest_of(systems: dict[str, Callable[[], tuple[float, float, list[int]]]],
 
 
 def speeds(words: int, seconds: dict[str, float]) -> dict:
-    """The issue's keys: words/s per system and the three ratios."""
+    """The benchmark's keys: words/s per system and the three ratios."""
     wps = {k: words / v for k, v in seconds.items()}
     return {
         "teacher_beam_wps": round(wps["teacher_beam"], 1),
@@ -214,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import ctranslate2
 
-    import fairseq_seqkd  # noqa: F401  (safe globals for the export's weights_only loading)
+    import fairseq_seqkd
+
+    fairseq_seqkd.register()  # safe globals for the export's weights_only loading
 
     with tempfile.TemporaryDirectory(prefix="decode_speed.") as work:
         data_dir = os.path.join(work, "data")

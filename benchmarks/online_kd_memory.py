@@ -15,7 +15,7 @@ gradient buffers that any training step has. The figure is
     online_kd_extra_bytes_over_nv4 = (peak_kd - peak_ls) / (N * V * 4)
 
 i.e. how many float32 (tokens x vocabulary) buffers the KD term costs on top of plain
-label-smoothed cross-entropy (the issue's limit: 2.0).
+label-smoothed cross-entropy (the limit: 2.0).
 
 How peak memory is measured: each case runs in a fresh child process (one torch thread), so
 no allocator cache or earlier case leaks into it. After the inputs are made, the child resets

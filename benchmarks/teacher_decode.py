@@ -11,7 +11,7 @@ Setup (shared with benchmarks/decode_speed.py, whose model building and batching
   lengths, so the length is fixed instead: every hypothesis has exactly ``--out-len`` tokens (+ EOS),
   fairseq ``min_len = max_len_b`` and CTranslate2 ``min_len = max_len_b`` with ``max_len_a`` 0 (checked
   for every hypothesis of every system): all systems do the same decoder steps. 25 tokens, about a
-  WMT sentence's length in pieces, as in issue 17's own measurement.
+  WMT sentence's length in pieces, as in the measurement behind the target of 3.
 - sources: 20-30 random tokens each; fairseq batches them as ``fairseq-generate`` does by default
   (``--max-tokens 12000``) and decodes them with its ``SequenceGenerator`` in fairseq-generate's timed
   loop (``task.inference_step``); CTranslate2 gets the same sentences through
@@ -109,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ctranslate2
 
-    import fairseq_seqkd  # noqa: F401  (safe globals for the export's weights_only loading)
+    import fairseq_seqkd
     from fairseq_seqkd.teacher.ct2_translate import load_translator
+
+    fairseq_seqkd.register()  # safe globals for the export's weights_only loading
 
     with tempfile.TemporaryDirectory(prefix="teacher_decode.") as work:
         data_dir = os.path.join(work, "data")

@@ -1,13 +1,15 @@
 """fairseq-seqkd: Sequence-Level Knowledge Distillation (Kim & Rush, EMNLP 2016) for fairseq.
 
-Loaded by fairseq through ``--user-dir``: importing this package registers the ``word_kd``
-criterion and the ``translation_kd`` task, and lets torch's ``weights_only`` loader read the
-checkpoints that ``fairseq-train`` writes. The ``fairseq-seqkd`` command registers them only for
-the subcommands that load fairseq models (``fairseq_seqkd.cli``): importing fairseq takes seconds,
-and the pipeline runs scoring, reports and data preparation many times.
+Loaded by fairseq through ``--user-dir``, with fairseq already imported: then importing this
+package runs :func:`register` (the ``word_kd`` criterion, the ``translation_kd`` task, torch's
+``weights_only`` loader reading the checkpoints that ``fairseq-train`` writes). In a process
+without fairseq, importing the package, or any module of it that does not need fairseq itself
+(tests/test_imports.py lists those that do), imports no fairseq (importing it takes seconds, and
+the pipeline runs scoring, reports and data preparation many times); code that runs
+fairseq in-process calls :func:`register` itself, as do the ``fairseq-seqkd`` subcommands that
+declare ``NEEDS_FAIRSEQ``.
 """
 
-import os
 import sys
 
 __version__ = "0.1.0"
@@ -35,5 +37,7 @@ def register() -> None:
     from fairseq_seqkd import criterions, tasks  # noqa: F401  (registrations)
 
 
-if os.path.basename(sys.argv[0] if sys.argv else "") != "fairseq-seqkd":
+# fairseq imports this package through --user-dir, so fairseq is loaded by then; a process without
+# fairseq (the pipeline, scoring, reports) imports the package's modules and never pays for it
+if "fairseq" in sys.modules:
     register()

@@ -1,7 +1,8 @@
 """The ``fairseq-seqkd`` command: what fairseq has no command for.
 
 Each subcommand lives in ``fairseq_seqkd/commands/<name>.py`` and defines ``HELP``,
-``add_args(parser)`` and ``run(args) -> int``; it parses, then calls one library function.
+``add_args(parser)``, ``run(args) -> int`` and ``NEEDS_FAIRSEQ`` (whether it runs fairseq in this
+process: then the plugin is registered with fairseq first); it parses, then calls one library function.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import sys
 
 from fairseq_seqkd import register
 from fairseq_seqkd.errors import UserError
-
-# subcommands that never build a fairseq model or task (checkpoints are read with torch alone)
-WITHOUT_FAIRSEQ = {"toy-corpus", "prepare", "evaluate", "report", "ct2-translate", "teacher-data"}
 
 SUBCOMMANDS = [
     "toy-corpus",
@@ -58,20 +56,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fairseq-seqkd`` console script."""
-    # force: importing fairseq runs logging.basicConfig(level=DEBUG) (fairseq/models/wav2vec/
-    # wav2vec2_classification.py); where fairseq came first (python -m fairseq_seqkd.cli, or any
-    # --user-dir import), matplotlib then logged ~2,000 font DEBUG lines into the report's output
+    # before any fairseq import: importing fairseq runs logging.basicConfig(level=DEBUG)
+    # (fairseq/models/wav2vec/wav2vec2_classification.py), a no-op once the root logger has a handler
     logging.basicConfig(
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
         level=logging.INFO,
         stream=sys.stderr,
-        force=True,
     )
     argv = sys.argv[1:] if argv is None else argv
     # importing fairseq takes seconds: build only the subcommand asked for, and register the plugin
-    # with fairseq only for the subcommands that load fairseq models
-    if not argv or argv[0] not in WITHOUT_FAIRSEQ:
+    # with fairseq only for the subcommands that run fairseq
+    if argv and argv[0] in SUBCOMMANDS and _module(argv[0]).NEEDS_FAIRSEQ:
         register()
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:

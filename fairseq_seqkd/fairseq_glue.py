@@ -172,6 +172,9 @@ def load_teacher(path: str, task, state: dict | None = None, teacher_dict: str |
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such teacher checkpoint; pass the teacher's checkpoint_best.pt "
                         "or checkpoint_last.pt")
+    from fairseq_seqkd import register
+
+    register()  # the teacher's checkpoint may name the plugin's task, criterion and user dir
     if state is None:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
     cfg = state["cfg"]

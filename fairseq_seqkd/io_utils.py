@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
@@ -14,7 +15,7 @@ from fairseq_seqkd.errors import UserError
 
 
 @contextmanager
-def atomic_open(path: str) -> Iterator[TextIO]:
+def atomic_open(path: str | os.PathLike) -> Iterator[TextIO]:
     """A UTF-8 text handle whose content appears at ``path`` (by a rename) only if the block succeeds."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -32,10 +33,15 @@ def atomic_open(path: str) -> Iterator[TextIO]:
         raise
 
 
-def atomic_write_text(path: str, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     with atomic_open(path) as f:
         f.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
+    """Write ``obj`` as indented JSON (and a newline) through a temporary file and a rename."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_lines(path: str) -> list[str]:
@@ -74,7 +80,7 @@ def _edges_sha256(path: str, size: int) -> str:
 def content_fingerprint(path: str | os.PathLike) -> str:
     r"""sha256 hex digest of the content of a file or of a folder's files, in seconds even for gigabytes.
 
-    The policy (recipes/jobs.py keeps a copy of it): take every file ``os.walk`` lists under the
+    The policy (the pipeline's too, through recipes/jobs.py): take every file ``os.walk`` lists under the
     folder, named by its path relative to the folder with ``/`` between parts (a file given alone:
     the name ``""``, so renaming it keeps its fingerprint), in ``sorted`` order of those names. For
     each, hash H = sha256 of its whole content if it has at most 64 MiB, else sha256 of its first
@@ -82,8 +88,11 @@ def content_fingerprint(path: str | os.PathLike) -> str:
     ``f"{name}\t{size in bytes}\t{H hex}\n"`` joined in that order. Names, sizes and contents
     count; times and permissions do not. A change in the middle of a file over 64 MiB that keeps
     its size goes unseen: for a model, retraining changes every weight, the first MiB's included.
+    A missing path is a ValueError naming it.
     """
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such file or folder")
     if os.path.isfile(path):
         files = [("", path)]
     else:
@@ -127,3 +136,14 @@ def count_text_lines(path: str) -> int:
             lines += block.count(b"\n")
             last = block[-1:]
     return lines + (last != b"\n")
+
+
+def format_ids(ids: Sequence[int], limit: int = 10) -> str:
+    """A short list of sentence ids for an error message: the first ``limit``, then the count.
+
+    ``ids`` may be a list or a numpy array; only the ids shown are converted (a million missing ids stay an array).
+    """
+    if not len(ids):
+        return "none"
+    shown = ", ".join(str(int(i)) for i in ids[:limit])
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")

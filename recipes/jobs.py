@@ -13,9 +13,9 @@ checkpoint). A training whose options or inputs (by content) changed starts afre
 one is kept under ``superseded/`` and comes back when they change back. One writer per folder
 (a lock its commands inherit), and every command dies with the process that started it.
 
-Imported by the Snakefile and the tests; it does not import fairseq or the plugin (a job
-process starts in a second), and only asks torch whether a GPU is there when the configuration
-says ``device: auto``.
+Imported by the Snakefile and the tests; of the plugin it imports only modules that import no
+fairseq (a job process starts in a second), and only asks torch whether a GPU is there when the
+configuration says ``device: auto``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import IO
+
+# a file's or a folder's content as the pipeline's fingerprints see it: the package's one policy
+from fairseq_seqkd.io_utils import atomic_write_json, atomic_write_text, content_fingerprint
+
+write_json = atomic_write_json  # the Snakefile's name for it
 
 TAIL_LINES = 25
 # In a job's command, the plugin folder (fairseq's --user-dir): replaced by its path when the command
@@ -177,47 +182,9 @@ def _say(text: str) -> None:
     print(f"{datetime.now():%Y-%m-%d %H:%M:%S} | {text}", file=sys.stderr, flush=True)
 
 
-# A file's content, as the pipeline's fingerprints see it: files up to this size are hashed whole, larger
-# ones by their size and their first and last MiB (a retrained model or a replaced corpus changes those;
-# hashing gigabytes at every plan would not be cheap). fairseq_seqkd/io_utils.py's content_fingerprint
-# has the same policy (this module cannot import the package: it would register the plugin with fairseq
-# inside Snakemake's process).
-WHOLE_HASH_BYTES = 64 << 20
-EDGE_BYTES = 1 << 20
 FINGERPRINT = "fingerprint"  # a work folder's record of what made it
 DONE_RECORD = "train.json"  # a finished training's record inside its folder (train.done is Snakemake's)
 SUPERSEDED = "superseded"  # trainings made with other settings, by name and fingerprint
-
-
-def _file_digest(path: str | os.PathLike) -> str:
-    size = os.path.getsize(path)
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        if size <= WHOLE_HASH_BYTES:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        else:
-            h.update(f.read(EDGE_BYTES))
-            f.seek(size - EDGE_BYTES)
-            h.update(f.read(EDGE_BYTES))
-    return h.hexdigest()
-
-
-def content_fingerprint(path: str | os.PathLike) -> str:
-    """A file's or a folder's content as one sha256 hex digest, wherever it lies and whatever its mtime.
-
-    A file: its size and its bytes (files over 64 MiB: size, first and last MiB). A folder: every file
-    under it (sorted relative names), each so. A missing path is a ValueError naming it.
-    """
-    path = Path(path)
-    if path.is_file():
-        return _file_digest(path)
-    if not path.is_dir():
-        raise ValueError(f"{path}: no such file or folder")
-    h = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f"{file.relative_to(path).as_posix()}\0{_file_digest(file)}\n".encode())
-    return h.hexdigest()
 
 
 def contents(paths: Sequence) -> list[str]:
@@ -237,16 +204,6 @@ def fingerprint(cmd: Sequence, inputs: Sequence) -> str:
     command = [place.get(a, a) for a in args(cmd)]
     blob = json.dumps({"cmd": command, "inputs": contents(inputs)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def write_json(path: str | os.PathLike, obj: dict) -> None:
-    """Write ``obj`` as JSON through a temporary file and a rename.
-
-    Not ``fairseq_seqkd.io_utils``: importing anything of the plugin registers it with fairseq, which
-    costs seconds in Snakemake's own process and sets up fairseq's logging there (every Snakemake line
-    twice on the terminal).
-    """
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _stamp(folder: Path) -> str | None:
@@ -297,14 +254,7 @@ def own_folder(folder: str | os.PathLike, cmd: Sequence, inputs: Sequence, log: 
             _say(f"{folder}: restored from {earlier} (made with these settings)")
     folder.mkdir(parents=True, exist_ok=True)
     if _stamp(folder) != stamp:
-        write_text_atomic(folder / FINGERPRINT, stamp + "\n")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        atomic_write_text(folder / FINGERPRINT, stamp + "\n")
 
 
 # ---- one writer per folder ----
@@ -444,8 +394,8 @@ def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str
             if not ckpt.exists():
                 raise JobFailed(f"fairseq-train finished without writing {ckpt}; see {log}")
             info = {"checkpoint": str(ckpt), "seconds": round(time.monotonic() - t0, 1), "command": full}
-            write_json(record, info)
-        write_json(done, info)
+            atomic_write_json(record, info)
+        atomic_write_json(done, info)
 
 
 def _note(log: str | os.PathLike, text: str) -> None:

@@ -69,6 +69,9 @@ def generate_in_process(data_bin: Path | str, teacher: Path | str, out: Path, *e
     from fairseq import options
     from fairseq_cli import generate
 
+    import fairseq_seqkd
+
+    fairseq_seqkd.register()  # --user-dir imports nothing where the package is imported already
     argv = [data_bin, "--user-dir", plugin_dir(), "--task", "translation_kd", "--path", teacher,
             "--required-batch-size-multiple", 1, "--cpu", "--num-workers", 0, *extra,
             "--results-path", out.parent / (out.name + ".d")]

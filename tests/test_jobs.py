@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fairseq_seqkd import io_utils
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import jobs  # noqa: E402
 
@@ -36,8 +38,9 @@ def test_content_fingerprint_follows_bytes_not_paths_or_times(tmp_path):
 
 
 def test_content_fingerprint_of_a_large_file_reads_its_ends(tmp_path, monkeypatch):
-    monkeypatch.setattr(jobs, "WHOLE_HASH_BYTES", 10)
-    monkeypatch.setattr(jobs, "EDGE_BYTES", 4)
+    # the pipeline's fingerprint is the package's (fairseq_seqkd.io_utils): one policy, its sizes there
+    monkeypatch.setattr(io_utils, "FINGERPRINT_WHOLE_BYTES", 10)
+    monkeypatch.setattr(io_utils, "FINGERPRINT_EDGE_BYTES", 4)
     path = tmp_path / "big"
     path.write_bytes(b"0123456789abcdefghij")
     first = jobs.content_fingerprint(path)

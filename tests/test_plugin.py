@@ -1,4 +1,4 @@
-"""The plugin installs, loads with --user-dir, and its checkpoints load under weights_only."""
+"""The plugin installs, loads with --user-dir, and its checkpoints load under weights_only once registered."""
 
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ from conftest import BIN, TOY_SIZES, plugin_dir, run_cli
 from fairseq_seqkd.evaluate.scoring import evaluate_generation
 
 
-def test_checkpoint_loads_weights_only_after_plugin_import(toy_teacher):
-    # Without the plugin, torch's default loader refuses fairseq's pickled argparse.Namespace ...
+def test_checkpoint_loads_weights_only_after_register(toy_teacher):
+    # Without the plugin, torch's default loader refuses fairseq-train's pickled configuration ...
     code = ("import torch, sys\n"
             f"try:\n    torch.load({str(toy_teacher)!r}, weights_only=True)\n"
             "except Exception as e:\n    print(type(e).__name__); sys.exit(0)\nprint('loaded')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "Unpickling" in out or "loaded" in out  # loaded: a checkpoint without Namespace
-    # ... and with it, the same default loader reads it.
-    import fairseq_seqkd  # noqa: F401
+    assert out.strip() == "UnpicklingError", out
+    # ... and once the plugin is registered, the same default loader reads it.
+    import fairseq_seqkd
 
+    fairseq_seqkd.register()
     state = torch.load(toy_teacher, weights_only=True)
     assert "model" in state and any(k.startswith("encoder.") for k in state["model"])
 
@@ -37,15 +38,19 @@ def test_generate_with_user_dir_scores_every_sentence(toy_data_bin, toy_teacher,
     assert "tok:none" in res["bleu_signature"]
 
 
-def test_import_without_fairseq_says_what_to_install():
+def test_register_without_fairseq_says_what_to_install():
+    # the package imports without fairseq (the pipeline's process); registering with it needs it
     code = ("import sys\n"
             "class Block:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
             "        if name == 'fairseq' or name.startswith('fairseq.'):\n"
             "            raise ImportError('No module named fairseq')\n"
             "sys.meta_path.insert(0, Block())\n"
-            "import fairseq_seqkd\n")
+            "import fairseq_seqkd\n"
+            "print('imported', flush=True)\n"
+            "fairseq_seqkd.register()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "imported", proc.stderr[-2000:]
     assert proc.returncode != 0
     assert "make install" in proc.stderr and "fairseq-fixed" in proc.stderr
 

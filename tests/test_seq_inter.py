@@ -116,6 +116,9 @@ def test_task_hooks_in_process(toy_data_bin, toy_teacher):
     from fairseq import checkpoint_utils, options, tasks, utils
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+    import fairseq_seqkd
+
+    fairseq_seqkd.register()  # --user-dir below finds the package imported already
     argv = [str(toy_data_bin), "--user-dir", plugin_dir(), "--task", "translation_kd", "--seq-inter",
             "--eval-bleu", *TINY_TRANSFORMER, "--cpu"]
     parser = options.get_training_parser()

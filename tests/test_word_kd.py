@@ -17,6 +17,7 @@ from fairseq.data import Dictionary
 from fairseq.tasks.translation import TranslationTask
 from test_teacher_cache import batches, build, kd_task, teacher_with_its_data_gone
 
+import fairseq_seqkd
 from fairseq_seqkd import cli
 from fairseq_seqkd.criterions import word_kd as word_kd_module
 from fairseq_seqkd.criterions.word_kd import (
@@ -29,6 +30,7 @@ from fairseq_seqkd.criterions.word_kd import (
 )
 from fairseq_seqkd.errors import UserError
 
+fairseq_seqkd.register()  # in-process tasks and criterions, and weights_only loads of fairseq-train's checkpoints
 PAD = 1
 LS_CE = ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
 WORD_KD = ["--criterion", "word_kd", "--label-smoothing", "0.1"]

@@ -8,6 +8,7 @@ import sys
 
 from fairseq_seqkd.teacher.ct2_translate import OUTPUT_FORMATS, TranslateConfig, translate_file
 
+NEEDS_FAIRSEQ = False
 HELP = ("translate a source file with a CTranslate2 model: fairseq-generate's output (which "
         "`fairseq-seqkd evaluate` scores), or a teacher's translations of a training set in shards, "
         "as K-best TSV (sentence_id<TAB>score<TAB>text) or one line per sentence")

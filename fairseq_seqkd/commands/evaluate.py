@@ -9,6 +9,7 @@ import os
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.evaluate.scoring import score_system
 
+NEEDS_FAIRSEQ = False
 HELP = ("score a fairseq-generate output against the reference (sacrebleu, every sentence or an "
         "error) and record BLEU, words/s, parameters and perplexity for one system")
 

@@ -10,6 +10,8 @@ from fairseq_seqkd.commands.evaluate import add_score_args, parse_set
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.evaluate.checkpoint import FairseqRun, FairseqRunFailed, evaluate_checkpoint, parse_runs
 
+# runs fairseq-generate and fairseq-validate in this process, with the plugin's task
+NEEDS_FAIRSEQ = True
 HELP = ("run fairseq-generate (greedy, beam) and fairseq-validate on a checkpoint inside this one process "
         "(fairseq is imported once), writing the files those commands write, then score them as evaluate does")
 

@@ -7,6 +7,8 @@ import json
 
 from fairseq_seqkd.compress.export import QUANTIZATIONS, export
 
+# reads the plugin's registered options to strip them from the checkpoint's configuration
+NEEDS_FAIRSEQ = True
 HELP = ("write a plain fairseq checkpoint (no plugin state, loads in stock fairseq-generate) "
         "and optionally a CTranslate2 model")
 

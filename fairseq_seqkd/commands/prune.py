@@ -6,6 +6,8 @@ import argparse
 
 from fairseq_seqkd.compress.pruning import SCHEMES, PruneSpec, format_report, prune_checkpoint
 
+# checkpoints are read and written with torch alone (fairseq_seqkd.checkpoints.storage)
+NEEDS_FAIRSEQ = False
 HELP = "prune a fairseq checkpoint by weight magnitude (See et al. 2016), offline; print sparsity per class"
 
 

@@ -6,6 +6,7 @@ import argparse
 
 from fairseq_seqkd.evaluate.report import PAPER, write_report
 
+NEEDS_FAIRSEQ = False
 HELP = ("collect RUN_DIR/results/NAME.json for each of --systems (and RUN_DIR/results/TESTSET/NAME.json, "
         "RUN_DIR/results/curve/POINT.json) into report.md (the paper's Table 1 for each test set, warnings about a "
         "system far below the baseline, the findings, the run's provenance), report.json and PNG plots")

@@ -6,6 +6,7 @@ import argparse
 
 from fairseq_seqkd.data.toy_corpus import DEFAULT_SIZES, write_corpus
 
+NEEDS_FAIRSEQ = False
 HELP = "write the deterministic synthetic en-de corpus (train/valid/test) used by the demo and tests"
 
 

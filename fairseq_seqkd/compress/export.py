@@ -144,6 +144,9 @@ def plugin_option_names() -> set[str]:
     from fairseq.criterions import CRITERION_DATACLASS_REGISTRY
     from fairseq.tasks import TASK_DATACLASS_REGISTRY
 
+    from fairseq_seqkd import register
+
+    register()
     names: set[str] = set()
     for registry in (TASK_DATACLASS_REGISTRY, CRITERION_DATACLASS_REGISTRY):
         for dc in registry.values():

@@ -81,6 +81,10 @@ def _captured(argv: list[str], out: TextIO, err: TextIO) -> Iterator[None]:
 
 
 def _entry_point(program: str) -> Callable[[], None]:
+    from fairseq_seqkd import register
+
+    # fairseq's --user-dir finds this package already imported and imports nothing: register here
+    register()
     if program == "fairseq-generate":
         from fairseq_cli.generate import cli_main
     else:

@@ -51,6 +51,9 @@ SMOOTH_METHODS = ("exp", "floor", "add-k", "none")
 SMOOTH_DEFAULTS = {"exp": None, "floor": 0.1, "add-k": 1.0, "none": None}
 MAX_ORDER = 4
 LOG_ZERO = -9999999999.0  # sacrebleu's log(0): makes the score 0 without an exception
+# Seq-Inter's choice (seq_inter, kbest): BLEU values this close count as equal, so that rounding
+# never beats the model score.
+TIE_TOLERANCE = 1e-9
 
 IdArray = np.ndarray | torch.Tensor
 

@@ -32,10 +32,7 @@ from fairseq.dataclass import ChoiceEnum
 from omegaconf import II
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.seq_kd.sentence_bleu import SMOOTH_METHODS, SentenceBLEU, pack
-
-# BLEU values this close count as equal, so that rounding never beats the model score.
-TIE_TOLERANCE = 1e-9
+from fairseq_seqkd.seq_kd.sentence_bleu import SMOOTH_METHODS, TIE_TOLERANCE, SentenceBLEU, pack
 
 
 @dataclass
