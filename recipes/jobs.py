@@ -20,6 +20,7 @@ configuration says ``device: auto``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import fcntl
@@ -509,24 +510,33 @@ def length_bounds(generate_args: Sequence | None) -> list[str]:
 
 def teacher_folder(folder: str, src: str, tgt: str, teacher_args: Sequence | None,
                    student_arch: Sequence | None) -> dict:
-    """Check a fairseq teacher folder when the run is planned (``fairseq-seqkd teacher-data`` without
-    split files): its checkpoint, dictionaries, language pair and subword model, before any job starts.
+    """Check a fairseq teacher folder when the run is planned, in this process and without fairseq: its
+    checkpoint, language pair, dictionaries' names and subword model, before any job starts (the
+    ``teacher_data`` job, ``fairseq-seqkd teacher-data``, then checks the dictionaries against the embeddings).
 
-    Returns the command's report: ``teacher`` (the checkpoint, absolute), ``encoder_args`` (the
-    fairseq-generate options that print detokenized text), ``joined``. A bad folder is a ValueError
-    with the command's message. Students that share all embeddings need the teacher's joined dictionary.
+    Returns ``teacher`` (the checkpoint, absolute), ``encoder_args`` (the fairseq-generate options that
+    print detokenized text), ``joined``, ``embedding_rows``. A bad folder is a ValueError with the check's
+    message. Students that share all embeddings need the teacher's joined dictionary.
     """
+    # imported here: torch (for the checkpoint) costs a second that runs without a teacher folder need not pay
+    from fairseq_seqkd.commands import teacher_data
+    from fairseq_seqkd.commands._options import config_from
+    from fairseq_seqkd.errors import UserError
+    from fairseq_seqkd.teacher.folder import TeacherFolderConfig, plan_teacher_folder
+
     folder = absolute(folder)
-    cmd = ["fairseq-seqkd", "teacher-data", "--teacher-dir", folder, "--src", src, "--tgt", tgt, *args(teacher_args)]
+    # teacher_args are options of the teacher-data command: parsed as it parses them
+    parser = argparse.ArgumentParser(prog="fairseq-seqkd teacher-data", add_help=False)
+    teacher_data.add_args(parser)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(1))
-    except FileNotFoundError as e:
-        raise ValueError(f"teacher_dir: cannot check {folder}: {e}; run 'make install'") from e
-    if proc.returncode != 0:
-        lines = [x for x in proc.stderr.splitlines() if "error" in x.lower()] or proc.stderr.splitlines()[-5:]
-        raise ValueError(f"teacher_dir: {folder} cannot be this run's teacher:\n" + "\n".join(lines))
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
-    info["teacher"] = absolute(info["teacher"])
+        options = parser.parse_args(["--teacher-dir", folder, "--src", src, "--tgt", tgt, *args(teacher_args)])
+    except SystemExit as e:  # argparse has printed what it refused
+        raise ValueError(f"teacher_args: {args(teacher_args)} are not options of fairseq-seqkd teacher-data "
+                         "(fairseq-seqkd teacher-data --help lists them)") from e
+    try:
+        info = plan_teacher_folder(folder, src, tgt, config_from(options, TeacherFolderConfig))
+    except UserError as e:
+        raise ValueError(f"teacher_dir: {folder} cannot be this run's teacher:\n{e}") from e
     if not info["joined"] and "--share-all-embeddings" in args(student_arch):
         raise ValueError(f"teacher_dir: {folder} has two dictionaries (dict.{src}.txt and dict.{tgt}.txt differ), "
                          "so its students cannot share all embeddings: remove --share-all-embeddings from "

@@ -24,7 +24,7 @@ from recipe_runs import run_recipe
 from fairseq_seqkd import cli
 from fairseq_seqkd.data.encode import CleanConfig
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.teacher.folder import TeacherFolderConfig, read_teacher_folder
+from fairseq_seqkd.teacher.folder import TeacherFolderConfig, plan_teacher_folder, read_teacher_folder
 from fairseq_seqkd.teacher.teacher_data import TeacherEncoder, prepare_teacher_data
 
 SIZES = {"train": 600, "valid": 40, "test": 13}  # 13: not a multiple of 8
@@ -312,3 +312,31 @@ def test_recipe_distills_the_zoo_teacher_with_ctranslate2(zoo, tmp_path):
 def done_pairs(run: Path) -> int:
     """The training pairs the data step kept (prepared/teacher.json)."""
     return json.loads((run / "prepared" / "teacher.json").read_text())["splits"]["train"]["kept"]
+
+
+def test_plan_time_check_agrees_with_the_full_check(zoo, tmp_path):
+    """plan_teacher_folder (the run's plan, no fairseq) gives what read_teacher_folder gives; fairseq stays out."""
+    import subprocess
+    import sys
+
+    separate = _variant(zoo, tmp_path)  # two dictionaries: same symbols, another order (no shared embeddings)
+    state = torch.load(separate / "model.pt", map_location="cpu", weights_only=False)
+    state["cfg"]["model"].share_all_embeddings = False
+    torch.save(state, separate / "model.pt")
+    lines = (separate / "dict.de.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[3], lines[4] = lines[4], lines[3]
+    (separate / "dict.de.txt").write_text("".join(lines), encoding="utf-8")
+    for folder in (zoo["folder"], separate):
+        full = read_teacher_folder(str(folder), "en", "de")
+        plan = plan_teacher_folder(str(folder), "en", "de")
+        assert (plan["teacher"], plan["encoder_args"], plan["joined"], plan["embedding_rows"]) == \
+            (full.checkpoint, full.encoder_args(), full.joined, full.embedding_rows)
+    assert not read_teacher_folder(str(separate), "en", "de").joined
+    with pytest.raises(UserError, match=r"this teacher translates en-de .* but de-en was asked for"):
+        plan_teacher_folder(str(zoo["folder"]), "de", "en")
+    code = ("import sys\n"
+            "from fairseq_seqkd.teacher.folder import plan_teacher_folder\n"
+            "plan_teacher_folder(sys.argv[1], 'en', 'de')\n"
+            "sys.exit('fairseq' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(zoo["folder"])], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 
 import torch
 
@@ -11,13 +12,17 @@ from fairseq_seqkd.checkpoints.compat import register_safe_globals
 from fairseq_seqkd.errors import UserError
 
 
-def load_checkpoint(path: str) -> dict:
-    """A fairseq checkpoint as a dict, loaded with ``weights_only=True``; bad files are UserErrors."""
+def load_checkpoint(path: str, mmap: bool = False) -> dict:
+    """A fairseq checkpoint as a dict, loaded with ``weights_only=True``; bad files are UserErrors.
+
+    ``mmap``: map the tensors' storage instead of reading it (a GB checkpoint loads at once), where
+    the file is in torch's zip format; a legacy (pre-1.6) file is read whole.
+    """
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such checkpoint file")
     register_safe_globals()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as e:  # torch raises several types for corrupt or foreign files
         raise UserError(f"{path}: cannot load it as a torch checkpoint with weights_only=True ({e}); "
                         "is it a fairseq checkpoint written by fairseq-train?") from e

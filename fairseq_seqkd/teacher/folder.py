@@ -10,6 +10,8 @@ A folder such as fairseq's ``wmt16.en-de.joined-dict.transformer`` (Ott et al., 
 :func:`read_teacher_folder` finds these files and refuses, before any long job starts, a folder
 whose dictionaries do not fit the checkpoint's embeddings, whose language pair is not the one asked
 for, whose subword model is missing, or whose shared embeddings sit over two different dictionaries.
+:func:`plan_teacher_folder` is the part of it a run's plan needs, without fairseq and without reading
+the checkpoint's tensors.
 :func:`fairseq_seqkd.teacher.teacher_data.prepare_teacher_data` then encodes text as the teacher's
 data was, and binarizes it with the teacher's dictionaries.
 """
@@ -85,13 +87,19 @@ class TeacherFolder:
 
     def encoder_args(self) -> list[str]:
         """fairseq's options for this encoding (``fairseq-generate``/``fairseq-interactive`` accept them)."""
-        args = ["--tokenizer", self.tokenizer] if self.tokenizer else []
-        if self.tokenizer == "moses":
-            args += ["--moses-no-dash-splits"] if self.moses_no_dash_splits else []
-            args += ["--moses-no-escape"] if self.moses_no_escape else []
-        if self.bpe == "subword_nmt":
-            return args + ["--bpe", "subword_nmt", "--bpe-codes", self.bpe_file]
-        return args + ["--bpe", "sentencepiece", "--sentencepiece-model", self.bpe_file]
+        return encoder_args(self.tokenizer, self.bpe, self.bpe_file, self.moses_no_dash_splits, self.moses_no_escape)
+
+
+def encoder_args(tokenizer: str | None, bpe: str, bpe_file: str, moses_no_dash_splits: bool = False,
+                 moses_no_escape: bool = False) -> list[str]:
+    """fairseq's --tokenizer/--bpe options for an encoding (fairseq-generate and fairseq-interactive take them)."""
+    args = ["--tokenizer", tokenizer] if tokenizer else []
+    if tokenizer == "moses":
+        args += ["--moses-no-dash-splits"] if moses_no_dash_splits else []
+        args += ["--moses-no-escape"] if moses_no_escape else []
+    if bpe == "subword_nmt":
+        return args + ["--bpe", "subword_nmt", "--bpe-codes", bpe_file]
+    return args + ["--bpe", "sentencepiece", "--sentencepiece-model", bpe_file]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +170,34 @@ def load_dictionary(path: str):
     except (RuntimeError, ValueError) as e:
         raise UserError(f"{path}: not a fairseq dictionary ({e}); use the dict.*.txt that came with the "
                         "checkpoint") from e
+
+
+def dictionary_symbols(path: str) -> list[str]:
+    """The symbols of a fairseq dictionary file in order, as ``Dictionary.load`` adds them after its specials.
+
+    Text only (no fairseq): each line is ``SYMBOL COUNT [#fairseq:overwrite]``, the symbol being all
+    before the last space(s); an overwrite of a symbol already there adds none.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such dictionary")
+    symbols: list[str] = []
+    seen: set[str] = set()
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                word, count = line.rstrip().rsplit(" ", 1)
+                overwrite = count == "#fairseq:overwrite"
+                if overwrite:
+                    word, count = word.rsplit(" ", 1)
+                int(count)
+            except ValueError as e:
+                raise UserError(f"{path}: not a fairseq dictionary (expected '<token> <cnt> [flags]': "
+                                f"{line.rstrip()!r}); use the dict.*.txt that came with the checkpoint") from e
+            if word in seen and overwrite:
+                continue
+            symbols.append(word)
+            seen.add(word)
+    return symbols
 
 
 def padded_size(size: int, factor: int) -> int:
@@ -300,16 +336,16 @@ def choose_tokenizer(cfg: TeacherFolderConfig, bpe: str, state: Mapping) -> str 
 # The folder
 
 
-def read_teacher_folder(folder: str, src: str, tgt: str, cfg: TeacherFolderConfig | None = None) -> TeacherFolder:
-    """Find and check a teacher folder's files for translating ``src`` into ``tgt``; UserError at the first fault."""
-    cfg = cfg or TeacherFolderConfig()
+def _open_folder(folder: str, src: str, tgt: str, cfg: TeacherFolderConfig,
+                 mmap: bool = False) -> tuple[str, Mapping, dict[str, str]]:
+    """(checkpoint, its loaded state, language -> dict file) of a folder whose language pair is ``src``-``tgt``."""
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: no such teacher folder (TEACHER_DIR); it should hold the checkpoint "
                         "(model.pt), dict.SRC.txt, dict.TGT.txt and the subword model")
     if src == tgt:
         raise UserError(f"source and target language are both {src!r}")
     ckpt = find_checkpoint(folder, cfg.checkpoint)
-    state = load_checkpoint(ckpt)
+    state = load_checkpoint(ckpt, mmap=mmap)
 
     # the language pair: the checkpoint's own, else the dictionaries' names
     pair = (checkpoint_setting(state, "task", "source_lang"), checkpoint_setting(state, "task", "target_lang"))
@@ -325,7 +361,33 @@ def read_teacher_folder(folder: str, src: str, tgt: str, cfg: TeacherFolderConfi
         raise UserError(f"{missing[0]}: no such dictionary; {has}, so its language pair is not {src}-{tgt}. "
                         f"Use a teacher folder for {src}-{tgt} (dict.{src}.txt and dict.{tgt}.txt beside the "
                         "checkpoint), or set the recipe's src/tgt to the folder's languages")
+    return ckpt, state, dicts
 
+
+def plan_teacher_folder(folder: str, src: str, tgt: str, cfg: TeacherFolderConfig | None = None) -> dict:
+    """What planning a run needs of a teacher folder, without fairseq: ``teacher`` (the checkpoint),
+    ``encoder_args``, ``joined``, ``embedding_rows``; a UserError for the faults it sees.
+
+    The checkpoint is memory-mapped (its tensors are not read) and the dictionaries compared as text;
+    :func:`read_teacher_folder`, which the pipeline's first job runs, checks them against the embeddings.
+    """
+    cfg = cfg or TeacherFolderConfig()
+    ckpt, state, dicts = _open_folder(folder, src, tgt, cfg, mmap=True)
+    rows = dict(zip((src, tgt), _embedding_rows(state, ckpt)))
+    symbols = {lang: dictionary_symbols(path) for lang, path in dicts.items()}
+    joined = symbols[src] == symbols[tgt] and rows[src] == rows[tgt]
+    bpe, bpe_file = subword_model(folder, cfg, state)
+    tokenizer = choose_tokenizer(cfg, bpe, state)
+    return {"teacher": os.path.abspath(ckpt), "ok": True,
+            "encoder_args": encoder_args(tokenizer, bpe, os.path.abspath(bpe_file), cfg.moses_no_dash_splits,
+                                         cfg.moses_no_escape),
+            "joined": joined, "embedding_rows": rows}
+
+
+def read_teacher_folder(folder: str, src: str, tgt: str, cfg: TeacherFolderConfig | None = None) -> TeacherFolder:
+    """Find and check a teacher folder's files for translating ``src`` into ``tgt``; UserError at the first fault."""
+    cfg = cfg or TeacherFolderConfig()
+    ckpt, state, dicts = _open_folder(folder, src, tgt, cfg)
     loaded = {lang: load_dictionary(path) for lang, path in dicts.items()}
     symbols = {lang: len(d) for lang, d in loaded.items()}
     rows = dict(zip((src, tgt), _embedding_rows(state, ckpt)))
