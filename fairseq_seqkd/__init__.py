@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 
 
 def register() -> None:
-    """Register the ``word_kd`` criterion, the ``translation_kd`` task, torch's safe globals and atomic
-    checkpoint copies; calling it again changes nothing."""
+    """Register the ``word_kd`` criterion, the ``translation_kd`` task, torch's safe globals, the ranks'
+    loader of rank 0's checkpoint and atomic checkpoint copies; calling it again changes nothing."""
     try:
         import fairseq  # noqa: F401
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -28,9 +28,10 @@ def register() -> None:
             "(e.g. `pip install --no-deps --no-build-isolation fairseq-fixed==0.12.3.1`)."
         ) from e
 
-    from fairseq_seqkd.checkpoints.compat import register_safe_globals
+    from fairseq_seqkd.checkpoints.compat import install_trusted_checkpoint_broadcast, register_safe_globals
 
     register_safe_globals()
+    install_trusted_checkpoint_broadcast()
     from fairseq_seqkd.checkpoints.save import install_atomic_checkpoint_copies
 
     install_atomic_checkpoint_copies()
