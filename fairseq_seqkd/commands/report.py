@@ -8,8 +8,10 @@ from fairseq_seqkd.evaluate.report import PAPER, write_report
 
 NEEDS_FAIRSEQ = False
 HELP = ("collect RUN_DIR/results/NAME.json for each of --systems (and RUN_DIR/results/TESTSET/NAME.json, "
-        "RUN_DIR/results/curve/POINT.json) into report.md (the paper's Table 1 for each test set, warnings about a "
-        "system far below the baseline, the findings, the run's provenance), report.json and PNG plots")
+        "RUN_DIR/results/curve/POINT.json) into report.md (the paper's Table 1 for each test set, BLEU and chrF with "
+        "confidence intervals and p-values from sacrebleu's paired bootstrap, warnings about a system far below the "
+        "baseline, the findings judged against that noise on every test set, the run's provenance), report.json "
+        "and PNG plots")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

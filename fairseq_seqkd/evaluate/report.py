@@ -23,10 +23,13 @@ from fairseq_seqkd.evaluate.findings import (
     SEQ_KD_WORD_KD,
     STUDENTS,
     check_findings,
+    comparisons,
     far_below_baseline,
     findings_markdown,
+    findings_table,
 )
 from fairseq_seqkd.evaluate.provenance import collect_provenance, provenance_lines
+from fairseq_seqkd.evaluate.significance import RESAMPLES, SEED, test_set_noise
 from fairseq_seqkd.io_utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -101,10 +104,13 @@ def extra_test_set_names(run_dir: str) -> list[str]:
 def collect(run_dir: str, test_sets: list[str] | None = None, main_test_set: str = MAIN,
             systems: list[str] | None = None, curve: list[str] | None = None) -> dict:
     """Read ``RUN/results`` into ``{"test_set", "systems", "pruning_curve", "findings", "extra_test_sets",
-    "warnings"}``.
+    "findings_by_test_set", "warnings"}``.
 
     ``systems`` and ``findings`` are the main test set's (``main_test_set`` names it);
-    ``extra_test_sets`` maps each of ``test_sets`` to ``{"systems": ...}``, read from ``RUN/results/NAME/``.
+    ``extra_test_sets`` maps each of ``test_sets`` to ``{"systems": ..., "findings": ...}``, read from
+    ``RUN/results/NAME/``; ``findings_by_test_set`` maps every test set, the main one first, to its findings.
+    Where a system's results record its outputs, the outputs are rescored for intervals and p-values
+    (``fairseq_seqkd.evaluate.significance``), and the findings judged against that noise.
     With ``systems``, exactly ``RUN/results/NAME.json`` for each (and ``RUN/results/TESTSET/NAME.json``,
     ``RUN/results/curve/POINT.json`` for each of ``test_sets`` and ``curve``; None: none) is read, a
     missing one an error, any other file ignored. Without, every file is read: every folder of results
@@ -117,9 +123,20 @@ def collect(run_dir: str, test_sets: list[str] | None = None, main_test_set: str
     points = _curve(results_dir, curve)
     if test_sets is None:
         test_sets = [] if systems is not None else extra_test_set_names(run_dir)
-    extra = {name: {"systems": _systems(os.path.join(results_dir, name), systems, name)} for name in test_sets}
-    return {"test_set": main_test_set, "systems": full, "pruning_curve": points, "findings": check_findings(full),
-            "extra_test_sets": extra, "warnings": far_below_baseline(full)}
+    findings = _judged(results_dir, full)
+    extra = {}
+    for name in test_sets:
+        folder = os.path.join(results_dir, name)
+        extra[name] = {"systems": _systems(folder, systems, name)}
+        extra[name]["findings"] = _judged(folder, extra[name]["systems"])
+    by_test_set = {main_test_set: findings} | {name: e["findings"] for name, e in extra.items()}
+    return {"test_set": main_test_set, "systems": full, "pruning_curve": points, "findings": findings,
+            "extra_test_sets": extra, "findings_by_test_set": by_test_set, "warnings": far_below_baseline(full)}
+
+
+def _judged(results_dir: str, systems: dict) -> list[dict]:
+    """The findings on one test set, judged against the noise of its rescored outputs (adds theirs to ``systems``)."""
+    return check_findings(systems, test_set_noise(results_dir, systems, comparisons(systems)))
 
 
 def _load_listed(path: str, what: str, option: str) -> dict:
@@ -166,6 +183,40 @@ def markdown_table(systems: dict, paper: str | None = None) -> str:
     sig = next((r.get("bleu_signature") for r in systems.values() if r.get("bleu_signature")), None)
     if sig:
         lines.append(f"\nBLEU: sacrebleu, signature `{sig}`; K=1 is greedy, K=5 is beam 5.")
+    return "\n".join(lines) + "\n"
+
+
+def _with_ci(r: dict, key: str) -> str:
+    if r.get(key) is None:
+        return "–"
+    low, high = r.get(f"{key}_ci") or (None, None)
+    return _fmt(r[key]) + ("" if low is None else f" ± {(high - low) / 2:.1f}")
+
+
+def _p(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def noise_table(systems: dict) -> str:
+    """BLEU and chrF, greedy and beam, each ± half its 95% interval and its p-value against the baseline."""
+    if not any(r.get("bleu_greedy_ci") or r.get("bleu_beam_ci") for r in systems.values()):
+        return ""
+    head = ["System", "BLEU K=1", "p", "BLEU K=5", "p", "chrF K=1", "p", "chrF K=5", "p"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in systems.items():
+        row = [LABELS.get(name, name)]
+        for metric, p in (("bleu", "p"), ("chrf", "p_chrf")):
+            for decoding in ("greedy", "beam"):
+                row += [_with_ci(r, f"{metric}_{decoding}"), _p(r.get(f"{p}_{decoding}"))]
+        lines.append("| " + " | ".join(row) + " |")
+    sigs = {k: next((r[k] for r in systems.values() if r.get(k)), None)
+            for k in ("significance_signature", "chrf_signature")}
+    paired = any(r.get("p_greedy") is not None or r.get("p_beam") is not None for r in systems.values())
+    based = "the baseline student (the teacher's too)" if paired else "none (no baseline)"
+    lines.append(f"\n± is half the 95% confidence interval, and p the p-value against {based}, of sacrebleu's "
+                 f"paired bootstrap resampling ({RESAMPLES:,} resamples, seed {SEED}; the interval is centred on the "
+                 f"resamples' mean, exact in report.json). BLEU `{sigs['significance_signature']}`, chrF "
+                 f"`{sigs['chrf_signature']}`.")
     return "\n".join(lines) + "\n"
 
 
@@ -240,10 +291,13 @@ def tables_markdown(report: dict, paper: str | None = None) -> str:
     main = f"## Test set: {report['test_set']}\n\n" + markdown_table(report["systems"], paper)
     if report.get("warnings"):
         main += "\n" + "\n\n".join(f"**Warning**: {w}" for w in report["warnings"]) + "\n"
-    parts = [main]
+    noise = noise_table(report["systems"])
+    parts = [main + ("\n" + noise if noise else "")]
     for name, extra in report["extra_test_sets"].items():
+        noise = noise_table(extra["systems"])
         parts.append(f"## Test set: {name}\n\n" + markdown_table(extra["systems"])
-                     + "\nScored as the main test set; PPL on the main test set only.\n")
+                     + "\nScored as the main test set; PPL on the main test set only.\n"
+                     + ("\n" + noise if noise else ""))
     return "\n".join(parts)
 
 
@@ -260,7 +314,10 @@ def write_report(run_dir: str, paper: str | None = None, plots: bool = True, tes
     pngs = plot(report, run_dir) if plots else []
     report["provenance"] = collect_provenance(run_dir)
     md = (f"# Results\n\n{tables}\n## The paper's findings in this run (test set: {report['test_set']})\n\n"
-          + findings_markdown(report["findings"]))
+          + findings_markdown(report["findings"])
+          + "\nOn every test set (the difference behind each verdict, its 95% interval and p-value; see "
+          "`fairseq_seqkd/evaluate/findings.py` for what held, within noise and did not hold mean):\n\n"
+          + findings_table(report["findings_by_test_set"]))
     if pngs:
         md += "\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pngs) + "\n"
     md += ("\n## Provenance\n\nWhat made this run, one item a line, for comparing a rerun line by line (the "

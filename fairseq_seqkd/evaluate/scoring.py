@@ -119,13 +119,31 @@ def score_system(results_dir: str, name: str, outputs: Sequence[tuple[str, str, 
                             f"decoding (greedy or beam; got {decoding!r})")
         res = evaluate_generation(path, ref, src, tokenize, log)
         values.update({f"bleu_{decoding}": res["bleu"], f"words_per_s_{decoding}": res["words_per_s"],
-                       "bleu_signature": res["bleu_signature"], "sentences": res["sentences"]})
+                       "bleu_signature": res["bleu_signature"], "sentences": res["sentences"],
+                       # what the report rescores for intervals and p-values, relative to the results file
+                       f"output_{decoding}": _relative(path, results_dir), "reference": _relative(ref, results_dir),
+                       "tokenize": tokenize})
     if checkpoint:
         values.update(count_parameters(checkpoint))
     if validate_log:
         values["ppl"] = parse_ppl(validate_log)
     values.update(extra or {})
     return values, update_system_result(results_dir, name, values)
+
+
+def _relative(path: str, results_dir: str) -> str:
+    """``path`` relative to ``results_dir``: a run folder moved or read from elsewhere still finds it."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(results_dir))
+
+
+def scored_file(results_dir: str, rel: str) -> str:
+    """A file a results JSON in ``results_dir`` records (``output_greedy``, ``reference``...), as a path."""
+    return os.path.normpath(os.path.join(results_dir, rel))
+
+
+def read_hypotheses(gen_path: str, expected: int) -> list[str]:
+    """The 1-best detokenized hypotheses of a fairseq-generate output in id order, exactly as scored here."""
+    return ordered_hypotheses(parse_generate_output(gen_path), expected)
 
 
 def update_system_result(results_dir: str, name: str, values: dict) -> str:
