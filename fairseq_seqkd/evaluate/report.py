@@ -215,8 +215,10 @@ def noise_table(systems: dict) -> str:
     based = "the baseline student (the teacher's too)" if paired else "none (no baseline)"
     lines.append(f"\n± is half the 95% confidence interval, and p the p-value against {based}, of sacrebleu's "
                  f"paired bootstrap resampling ({RESAMPLES:,} resamples, seed {SEED}; the interval is centred on the "
-                 f"resamples' mean, exact in report.json). BLEU `{sigs['significance_signature']}`, chrF "
-                 f"`{sigs['chrf_signature']}`.")
+                 f"resamples' mean, exact in report.json). p counts (plus one) the resamples whose difference "
+                 f"lies strictly above the real one, so a system scoring as the baseline in every resample gets "
+                 f"p = {1 / (RESAMPLES + 1):.3f}: read p beside the difference. BLEU "
+                 f"`{sigs['significance_signature']}`, chrF `{sigs['chrf_signature']}`.")
     return "\n".join(lines) + "\n"
 
 
