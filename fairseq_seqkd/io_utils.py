@@ -44,6 +44,24 @@ def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy ``src`` to a fsynced temporary file next to ``dst``, then ``os.replace`` it onto ``dst``."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)),
+                               prefix=os.path.basename(dst) + ".", suffix=".tmp")
+    try:
+        try:
+            shutil.copyfile(src, tmp)
+            shutil.copymode(src, tmp)  # mkstemp makes it private; give it the mode of the file it copies
+            os.fsync(fd)  # fsync flushes the file, whichever descriptor wrote it
+        finally:
+            os.close(fd)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def read_lines(path: str) -> list[str]:
     """The lines of a UTF-8 text file without newlines; a missing file is a UserError."""
     if not os.path.exists(path):

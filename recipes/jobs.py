@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import IO
 
 # a file's or a folder's content as the pipeline's fingerprints see it: the package's one policy
-from fairseq_seqkd.io_utils import atomic_write_json, atomic_write_text, content_fingerprint
+from fairseq_seqkd.io_utils import atomic_copy, atomic_write_json, atomic_write_text, content_fingerprint
 
 write_json = atomic_write_json  # the Snakefile's name for it
 
@@ -330,9 +330,7 @@ def check_resume(save_dir: str | os.PathLike, log: str | os.PathLike) -> None:
                         f"full disk), and {save_dir} holds no whole interval checkpoint (checkpoint_E_U.pt) to "
                         f"resume from. Delete it to start this training afresh: rm {last}")
     os.replace(last, f"{last}.torn")
-    tmp = Path(f"{last}.tmp")
-    shutil.copyfile(fallback, tmp)
-    os.replace(tmp, last)
+    atomic_copy(fallback, last)
     _note(log, f"{last} was torn (kept as {last}.torn): resuming from {fallback}, the newest whole checkpoint")
     _say(f"{last} was torn: resuming from {fallback}")
 

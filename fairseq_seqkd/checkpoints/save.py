@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
-
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 
-
-def atomic_copy(src: str, dst: str) -> None:
-    """Copy ``src`` to a fsynced temporary file next to ``dst``, then ``os.replace`` it onto ``dst``."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)),
-                               prefix=os.path.basename(dst) + ".", suffix=".tmp")
-    try:
-        try:
-            shutil.copyfile(src, tmp)  # the byte copy fairseq itself would make, only to another name
-            shutil.copymode(src, tmp)  # mkstemp makes it private; give it the mode of the file it copies
-            os.fsync(fd)  # fsync flushes the file, whichever descriptor wrote it
-        finally:
-            os.close(fd)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+from fairseq_seqkd.io_utils import atomic_copy
 
 
 class AtomicCopyPathManager(PathManager):
