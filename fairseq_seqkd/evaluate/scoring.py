@@ -26,6 +26,7 @@ class GenerateOutput:
     path: str
     hypotheses: dict[int, str] = field(default_factory=dict)  # detokenized (D- lines)
     sources: dict[int, str] = field(default_factory=dict)
+    log2_probs: dict[int, float] = field(default_factory=dict)  # the 1-best's P- scores summed (base 2, EOS too)
     seconds: float | None = None
     tokens: int | None = None
 
@@ -45,11 +46,22 @@ def parse_generate_output(path: str, log: str | None = None) -> GenerateOutput:
                 elif tag == "D":
                     if sid not in out.hypotheses:
                         out.hypotheses[sid] = rest.partition("\t")[2]
+                elif tag == "P":
+                    if sid not in out.log2_probs:
+                        out.log2_probs[sid] = sum(map(float, rest.split()))
                 elif sid == UNTAGGED:
                     t = translated_count(rest)
                     if t is not None and t[2] is not None:
                         _sentences, out.tokens, out.seconds = t
     return out
+
+
+def mean_output_probability(gen: GenerateOutput, expected: int) -> float | None:
+    """The mean over sentences of the 1-best's probability under the model, p(t = y-hat) in the paper's
+    Table 1 (for the greedy output: how peaked the model is); None without P- lines (CTranslate2's output)."""
+    if len(gen.log2_probs) != expected:
+        return None
+    return sum(2.0 ** v for v in gen.log2_probs.values()) / expected
 
 
 def ordered_hypotheses(gen: GenerateOutput, expected: int) -> list[str]:
@@ -84,7 +96,8 @@ def parse_ppl(validate_log: str) -> float:
 
 def evaluate_generation(gen_path: str, ref_path: str, src_path: str | None = None,
                         tokenize: str = "13a", log_path: str | None = None) -> dict:
-    """BLEU (sacrebleu, with signature), sentence count and source words/s of one generate run."""
+    """BLEU (sacrebleu, with signature), sentence count, source words/s and the outputs' mean probability
+    under the model (``mean_output_probability``) of one generate run."""
     from sacrebleu.metrics import BLEU
 
     refs = read_lines(ref_path)
@@ -103,6 +116,7 @@ def evaluate_generation(gen_path: str, ref_path: str, src_path: str | None = Non
         "seconds": gen.seconds,
         # fairseq's own timing covers decoding only, not start-up and model loading
         "words_per_s": round(src_words / gen.seconds, 1) if gen.seconds else None,
+        "output_prob": mean_output_probability(gen, len(hyps)),
     }
     return result
 
@@ -119,6 +133,7 @@ def score_system(results_dir: str, name: str, outputs: Sequence[tuple[str, str, 
                             f"decoding (greedy or beam; got {decoding!r})")
         res = evaluate_generation(path, ref, src, tokenize, log)
         values.update({f"bleu_{decoding}": res["bleu"], f"words_per_s_{decoding}": res["words_per_s"],
+                       f"output_prob_{decoding}": res["output_prob"],
                        "bleu_signature": res["bleu_signature"], "sentences": res["sentences"],
                        # what the report rescores for intervals and p-values, relative to the results file
                        f"output_{decoding}": _relative(path, results_dir), "reference": _relative(ref, results_dir),
