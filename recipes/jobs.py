@@ -577,6 +577,40 @@ def check_raw_files(files: Sequence[str], raw_dir: str, data_script: str | None)
                      f"{', '.join(missing)}. Put them there ({get}; the file names are in docs/recipes.md).")
 
 
+def student_seeds(config: dict) -> list[int]:
+    """The students' training seeds: the first is train_args' own (``--seed`` there, else fairseq's 1), the
+    systems of the main table; each further one trains the seeded students again (a plan-time error else)."""
+    seeds = config["student_seeds"]
+    seeds = [seeds] if isinstance(seeds, (int, str)) else list(seeds or [])
+    # --config student_seeds=[1,2,3] gives strings
+    whole = all(str(s).strip().isdecimal() and not isinstance(s, bool) for s in seeds)
+    if not seeds or not whole or len({int(s) for s in seeds}) < len(seeds):
+        raise ValueError(f"student_seeds: {config['student_seeds']!r}; give distinct whole numbers, e.g. [1, 2, 3]")
+    seeds = [int(s) for s in seeds]
+    options = args(config["train_args"]) + args(config["extra_train_args"])
+    own = 1  # fairseq's default
+    for option, value in zip(options, options[1:]):
+        if option == "--seed":
+            own = int(value)
+    if seeds[0] != own:
+        raise ValueError(f"student_seeds: {seeds!r} starts with {seeds[0]}, but the trainings' own seed (train_args) "
+                         f"is {own}: the first seed is the main table's; write [{own}, ...]")
+    return seeds
+
+
+def seeded_students(config: dict, students: Sequence[str]) -> list[str]:
+    """The students trained with every seed of student_seeds (setting seeded_students; null: every student
+    but the pruned one, which retrains another); a name this run does not train is an error."""
+    chosen = config["seeded_students"]
+    if chosen is None:
+        return [s for s in students if s != "pruned"]
+    unknown = [s for s in chosen if s not in students]
+    if unknown:
+        raise ValueError(f"seeded_students: {', '.join(map(str, unknown))} not trained in this run (its students: "
+                         f"{', '.join(students)})")
+    return [s for s in students if s in chosen]
+
+
 def ratio_name(ratio) -> str:
     """A pruning ratio as it appears in file names (0.8 -> '0.8')."""
     return f"{float(ratio):g}"

@@ -69,7 +69,7 @@ def test_report_writes_table_json_and_plots(tmp_path):
     assert set(KEYS) <= set(report["systems"]["pruned"]) and report["systems"]["pruned"]["ppl"] is None
     assert [c["prune_ratio"] for c in report["pruning_curve"]] == [0.5, 0.8]
     table = (tmp_path / "report.md").read_text()
-    assert "| Seq-KD | 29.0 | 29.2 |" in table and "18.9" in table  # beside the paper's Seq-KD
+    assert "| Seq-KD | 29.0 |  | 29.2 |  |" in table and "18.9" in table  # beside the paper's Seq-KD; no baseline, no Δ
     for png in ("bleu_vs_speed.png", "bleu_vs_params.png", "pruning_curve.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", paths
 
@@ -93,8 +93,9 @@ def test_report_has_one_table_per_test_set_and_judges_the_main_one(tmp_path):
     heads = [line for line in md.splitlines() if line.startswith("## Test set: ")]
     assert heads == ["## Test set: test (ref.de.sgm)", "## Test set: news_a", "## Test set: news-b"]
     tables = md.split("## Test set: ")[1:]
-    assert "| Seq-KD | 12.0 | 12.5 |" in tables[0] and "| Seq-KD | 72.0 | 72.5 |" in tables[1]
-    assert "| Seq-KD | 42.0 | 42.5 |" in tables[2] and "curve" not in md.split("## The paper")[0]
+    row = "| Seq-KD | {} | +1.0 | {} | +1.0 |"
+    assert row.format(12.0, 12.5) in tables[0] and row.format(72.0, 72.5) in tables[1]
+    assert "| Seq-KD | 42.0 | +1.0 | 42.5 | +1.0 |" in tables[2] and "curve" not in md.split("## The paper")[0]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["test_set"] == "test (ref.de.sgm)" and list(report["extra_test_sets"]) == ["news_a", "news-b"]
     assert report["extra_test_sets"]["news-b"]["systems"]["seq_kd"]["bleu_greedy"] == 42.0
@@ -243,3 +244,36 @@ def test_evaluate_checkpoint_runs_are_parsed_strictly():
     for words in (["data"], [":::", "sample", "data"], [":::", "beam", "a", ":::", "beam", "b"], [":::"]):
         with pytest.raises(UserError):
             parse_runs(words)
+
+
+def test_the_greedy_output_probability_is_the_mean_of_its_sentences(tmp_path):
+    """p(t = y-hat) of the paper's Table 1: each 1-best's P- scores (base 2) summed, 2 to that, averaged."""
+    out, ref = tmp_path / "gen.txt", tmp_path / "ref.txt"
+    _gen_output(out, {0: "a b", 1: "c d"})
+    ref.write_text("a b\nc d\n")
+    lines = out.read_text().replace("P-1\t-0.1 -0.2", "P-1\t-1.0 -1.0").splitlines()
+    out.write_text("\n".join(lines) + "\n")
+    assert evaluate_generation(str(out), str(ref))["output_prob"] == pytest.approx((2 ** -0.3 + 0.25) / 2)
+    # an output without scores (CTranslate2's) has none; neither has one that lacks a sentence's
+    out.write_text("\n".join(line for line in lines if not line.startswith("P-1")) + "\n")
+    assert evaluate_generation(str(out), str(ref))["output_prob"] is None
+
+
+def test_the_training_noise_table(tmp_path):
+    """Students trained with further seeds (NAME.seedS): out of Table 1 and the findings, into their own
+    table with mean and sample standard deviation; the extra test sets never read them."""
+    res = tmp_path / "results"
+    for name, greedy in (("baseline", 20.0), ("baseline.seed2", 21.0), ("baseline.seed3", 22.5),
+                         ("seq_kd", 24.0), ("seq_kd.seed2", 24.5), ("seq_kd.seed3", 23.5)):
+        update_system_result(str(res), name, {"bleu_greedy": greedy, "bleu_beam": greedy + 1})
+    update_system_result(str(res / "news"), "baseline", {"bleu_greedy": 1.0, "bleu_beam": 2.0})
+    update_system_result(str(res / "news"), "seq_kd", {"bleu_greedy": 1.0, "bleu_beam": 2.0})
+    names = ["baseline", "seq_kd", "baseline.seed2", "baseline.seed3", "seq_kd.seed2", "seq_kd.seed3"]
+    write_report(str(tmp_path), plots=False, systems=names, test_sets=["news"])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert list(report["systems"]) == ["baseline", "seq_kd"]
+    base = report["seeds"]["baseline"]
+    assert base["systems"] == ["baseline", "baseline.seed2", "baseline.seed3"]
+    assert base["mean_greedy"] == pytest.approx(21.17, abs=0.01) and base["sd_greedy"] == pytest.approx(1.26, abs=0.01)
+    md = (tmp_path / "report.md").read_text()
+    assert "| Seq-KD | 3 | 24.0 ± 0.50 | 25.0 ± 0.50 | +2.8 | +2.8 | 24.0 / 24.5 / 23.5 |" in md

@@ -29,8 +29,8 @@ from recipe_runs import ROOT, finish, planned, ran, run_recipe, start_recipe
 pytestmark = pytest.mark.recipes
 
 # The systems of the paper's Table 1 that every full run reports.
-SYSTEMS = ["teacher", "baseline", "word_kd", "seq_kd", "seq_inter", "seq_kd_word_kd", "seq_kd_seq_inter_word_kd",
-           "pruned"]
+SYSTEMS = ["teacher", "teacher_seq_inter", "baseline", "word_kd", "seq_kd", "seq_inter", "word_kd_seq_inter",
+           "seq_kd_seq_inter", "seq_kd_word_kd", "seq_kd_seq_inter_word_kd", "pruned"]
 SHARDS = ["num_shards=2"]
 EXTRA_SIZES = {"news_a": 20, "news-b": 12}  # the extra test sets: plain text, and WMT SGML
 
@@ -139,16 +139,36 @@ def test_wmt14_en_de_smoke(smoke_runs):
     # fine-tunes start from the student's last checkpoint at the fixed finetune_args rate (not a
     # restarted warm-up); the pruned retraining's prune_args come after and win
     for log, start, lr in (("seq_inter", "baseline", 0.001), ("combined", "seq_kd_word_kd", 0.001),
-                           ("pruned", "seq_kd_seq_inter_word_kd", 0.002)):
+                           ("pruned", "seq_kd_seq_inter_word_kd", 0.002), ("teacher_seq_inter", "teacher", 0.001),
+                           ("word_kd_seq_inter", "word_kd", 0.001), ("seq_kd_seq_inter", "seq_kd", 0.001)):
         text = (run / "logs" / f"train_{log}.log").read_text()
-        assert f"loading pretrained model from {start}/checkpoint_last.pt" in text, log
+        best = "best" if start == "teacher" else "last"
+        assert f"loading pretrained model from {start}/checkpoint_{best}.pt" in text, log
         assert "'lr_scheduler': {'_name': 'fixed', " in text and f"'lr': [{lr}]}}" in text, log
     # the students of the teacher's translations learn by plain likelihood (distill_args); the
     # baseline keeps the recipe's label smoothing
     for log, eps in (("baseline", 0.1), ("seq_kd", 0.0), ("seq_inter", 0.0), ("seq_kd_word_kd", 0.0),
-                     ("combined", 0.0), ("pruned", 0.0)):
+                     ("combined", 0.0), ("pruned", 0.0), ("teacher_seq_inter", 0.0), ("word_kd_seq_inter", 0.0),
+                     ("seq_kd_seq_inter", 0.0)):
         text = (run / "logs" / f"train_{log}.log").read_text()
         assert f"'label_smoothing': {eps}" in text and text.count("'label_smoothing': ") == 1, log
+    # a "+ Seq-Inter" fine-tune keeps its start's criterion: Word-KD against the Seq-Inter targets' cache
+    text = (run / "logs" / "train_word_kd_seq_inter.log").read_text()
+    assert "'teacher_cache': 'cache-seqinter'" in text and "'criterion': {'_name': 'word_kd'" in text
+    # p(t=y-hat): the mean over sentences of the greedy output's probability, from fairseq-generate's own
+    # per-token scores (base 2), whose sum is the sentence score it prints times the length (length penalty 1)
+    scores, probs = {}, []
+    for line in (run / "eval" / "seq_kd.greedy.txt").read_text().splitlines():
+        tag, _, rest = line.partition("\t")
+        if tag.startswith("H-"):
+            scores[tag[2:]] = float(rest.split("\t")[0])
+        elif tag.startswith("P-"):
+            positional = [float(x) for x in rest.split()]
+            assert abs(sum(positional) - scores[tag[2:]] * len(positional)) < 1e-3 * len(positional), line
+            probs.append(2 ** sum(positional))
+    assert len(probs) == 30 and abs(report["systems"]["seq_kd"]["output_prob_greedy"] - sum(probs) / 30) < 1e-9
+    assert all(0 < report["systems"][s]["output_prob_greedy"] <= 1 for s in SYSTEMS)
+    assert report["systems"]["pruned_ct2_int8"]["output_prob_greedy"] is None  # CTranslate2 prints no scores
     # a training records the checkpoint it passes on; the teacher's is its best, a student's its last
     done = json.loads((run / "teacher" / "train.done").read_text())
     assert done["checkpoint"] == "teacher/checkpoint_best.pt" and done["seconds"] > 0
@@ -199,6 +219,28 @@ def test_dry_run_shows_the_plan(tmp_path):
     assert jobs["evaluate"] == len(SYSTEMS) and jobs["prune_point"] == 1, jobs
     assert re.search(r"rule train_teacher:.*?reason: Missing output files: teacher/train.done", plan.stdout, re.S)
     assert not (tmp_path / "fresh" / "data-bin").exists()
+
+
+def test_student_seeds_measure_the_training_noise(wmt_copy, smoke_runs):
+    """student_seeds on a finished run: only the further seeds' trainings and their scores run; each is its
+    own folder trained with --seed S, a fine-tune from its start's training of the same seed; the report
+    gives each system's mean and standard deviation and keeps Table 1 the first seed's."""
+    before = json.loads((wmt_copy / "report.json").read_text())["systems"]
+    seeds = ["student_seeds=[1,2]", "seeded_students=[baseline,seq_inter]"]
+    proc = run_recipe("wmt14_en_de.sh", wmt_copy, "-j", "2", "--config", *SHARDS, *seeds, **smoke_runs["env"])
+    expected = ["evaluate.baseline.seed2", "evaluate.seq_inter.seed2", "report", "train_baseline_seed2",
+                "train_seq_inter_seed2"]
+    assert sorted(ran(proc)) == expected, proc.stderr[-3000:]
+    baseline = json.loads((wmt_copy / "baseline.seed2" / "train.json").read_text())["command"]
+    assert baseline[-2:] == ["--seed", "2"]
+    seq_inter = json.loads((wmt_copy / "seq_inter.seed2" / "train.json").read_text())["command"]
+    assert seq_inter[seq_inter.index("--finetune-from-model") + 1] == "baseline.seed2/checkpoint_last.pt"
+    report = json.loads((wmt_copy / "report.json").read_text())
+    assert report["systems"] == before  # Table 1: the first seed's trainings, as they were
+    noise = report["seeds"]
+    assert list(noise) == ["baseline", "seq_inter"] and noise["baseline"]["systems"] == ["baseline", "baseline.seed2"]
+    assert noise["baseline"]["bleu_greedy"][0] == before["baseline"]["bleu_greedy"]
+    assert "## Training noise" in (wmt_copy / "report.md").read_text()
 
 
 def test_changed_student_size_reruns_the_students_only(wmt_copy, smoke_runs):

@@ -72,7 +72,7 @@ def test_stray_results_are_left_out(tmp_path):
 def test_report_command_reads_only_the_lists(tmp_path):
     _run(tmp_path)
     proc = run_cli("fairseq-seqkd", "report", tmp_path, "--no-plots", *_cli_lists())
-    assert "| Seq-KD | 22.0 | 22.5 |" in proc.stdout and "Word-KD" not in proc.stdout
+    assert "| Seq-KD | 22.0 | +1.0 | 22.5 | +1.0 |" in proc.stdout and "Word-KD" not in proc.stdout
     _check_no_stray(tmp_path)
 
 

@@ -16,17 +16,22 @@ import glob
 import json
 import logging
 import os
+import statistics
 
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.evaluate.findings import (
     COMBINED,
+    SEQ_KD_SEQ_INTER,
     SEQ_KD_WORD_KD,
     STUDENTS,
+    TEACHER_SEQ_INTER,
+    WORD_KD_SEQ_INTER,
     check_findings,
     comparisons,
     far_below_baseline,
     findings_markdown,
     findings_table,
+    seed_of,
 )
 from fairseq_seqkd.evaluate.provenance import collect_provenance, provenance_lines
 from fairseq_seqkd.evaluate.significance import RESAMPLES, SEED, test_set_noise
@@ -35,19 +40,23 @@ from fairseq_seqkd.io_utils import atomic_write_text
 logger = logging.getLogger(__name__)
 
 # The systems of the paper's Table 1, in its order; a run may have any subset, plus extras.
-SYSTEMS = ["teacher", *STUDENTS, "pruned", "pruned_ct2_int8"]
+SYSTEMS = ["teacher", TEACHER_SEQ_INTER, *STUDENTS, "pruned", "pruned_ct2_int8"]
+TEACHER_SIZE = {"teacher", TEACHER_SEQ_INTER}  # compared with the teacher; every other system with the baseline
 LABELS = {
     "teacher": "Teacher",
+    TEACHER_SEQ_INTER: "Teacher + Seq-Inter",
     "baseline": "Baseline student",
     "word_kd": "Word-KD",
     "seq_kd": "Seq-KD",
-    "seq_inter": "Seq-Inter",
+    "seq_inter": "Baseline + Seq-Inter",
+    WORD_KD_SEQ_INTER: "Word-KD + Seq-Inter",
+    SEQ_KD_SEQ_INTER: "Seq-KD + Seq-Inter",
     SEQ_KD_WORD_KD: "Seq-KD + Word-KD",
     COMBINED: "Seq-KD + Seq-Inter + Word-KD",
     "pruned": "Pruned 80% (retrained)",
     "pruned_ct2_int8": "Pruned, CTranslate2 int8",
 }
-KEYS = ["bleu_greedy", "bleu_beam", "ppl", "params", "nonzero_params", "words_per_s_greedy",
+KEYS = ["bleu_greedy", "bleu_beam", "ppl", "output_prob_greedy", "params", "nonzero_params", "words_per_s_greedy",
         "words_per_s_beam"]
 
 # Kim & Rush (2016), Table 1, WMT14 En-De (teacher 4x1000, student 2x500): only the figures
@@ -117,7 +126,9 @@ def collect(run_dir: str, test_sets: list[str] | None = None, main_test_set: str
     but curve a test set, and every curve point unless ``curve`` names them.
     """
     results_dir = os.path.join(run_dir, "results")
-    full = _systems(results_dir, systems)
+    full, seeds = split_seeds(_systems(results_dir, systems))
+    if systems is not None:  # the further seeds' trainings are scored on the main test set only
+        systems = [name for name in systems if seed_of(name)[1] is None]
     if systems is not None and curve is None:
         curve = []
     points = _curve(results_dir, curve)
@@ -131,7 +142,55 @@ def collect(run_dir: str, test_sets: list[str] | None = None, main_test_set: str
         extra[name]["findings"] = _judged(folder, extra[name]["systems"])
     by_test_set = {main_test_set: findings} | {name: e["findings"] for name, e in extra.items()}
     return {"test_set": main_test_set, "systems": full, "pruning_curve": points, "findings": findings,
-            "extra_test_sets": extra, "findings_by_test_set": by_test_set, "warnings": far_below_baseline(full)}
+            "extra_test_sets": extra, "findings_by_test_set": by_test_set, "warnings": far_below_baseline(full),
+            "seeds": seeds}
+
+
+def split_seeds(systems: dict) -> tuple[dict, dict]:
+    """(the main systems, the training noise): each system trained with further seeds (NAME.seedS) as
+    ``{"systems": [NAME, NAME.seedS, ...], "bleu_greedy": [...], "bleu_beam": [...], "mean_greedy",
+    "sd_greedy", "mean_beam", "sd_beam"}`` (sd: the sample standard deviation over the seeds)."""
+    main = {n: r for n, r in systems.items() if seed_of(n)[1] is None}
+    noise = {}
+    for name in main:
+        runs = [name] + sorted((n for n in systems if seed_of(n)[0] == name and seed_of(n)[1] is not None),
+                               key=lambda n: seed_of(n)[1])
+        if len(runs) < 2:
+            continue
+        entry: dict = {"systems": runs}
+        for decoding in ("greedy", "beam"):
+            values = [systems[n].get(f"bleu_{decoding}") for n in runs]
+            entry[f"bleu_{decoding}"] = values
+            if None not in values:
+                entry[f"mean_{decoding}"] = round(statistics.mean(values), 2)
+                entry[f"sd_{decoding}"] = round(statistics.stdev(values), 2)
+        noise[name] = entry
+    return main, noise
+
+
+def seeds_table(seeds: dict) -> str:
+    """The training noise: each seeded system's BLEU over its seeds, mean ± standard deviation, and its mean's
+    difference from the baseline student's mean."""
+    if not seeds:
+        return ""
+    lines = ["| System | Seeds | BLEU K=1 | BLEU K=5 | Δ K=1 (means) | Δ K=5 (means) | K=1 each | K=5 each |",
+             "|---|---|---|---|---|---|---|---|"]
+    base = seeds.get("baseline", {})
+    for name, e in seeds.items():
+        cells = [LABELS.get(name, name), str(len(e["systems"]))]
+        for decoding in ("greedy", "beam"):
+            mean = e.get(f"mean_{decoding}")
+            cells.append("–" if mean is None else f"{mean:.1f} ± {e[f'sd_{decoding}']:.2f}")
+        for decoding in ("greedy", "beam"):
+            mine, theirs = e.get(f"mean_{decoding}"), base.get(f"mean_{decoding}")
+            cells.append("" if name == "baseline" or mine is None or theirs is None else f"{mine - theirs:+.1f}")
+        for decoding in ("greedy", "beam"):
+            cells.append(" / ".join(_fmt(v) for v in e[f"bleu_{decoding}"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("\nEach system trained once per seed of `student_seeds` (the first the main table's), everything else "
+                 "the same, scored on the main test set; ± is the standard deviation over the seeds (n - 1), the "
+                 "spread a difference between two single trainings must clear.")
+    return "\n".join(lines) + "\n"
 
 
 def _judged(results_dir: str, systems: dict) -> list[dict]:
@@ -165,15 +224,39 @@ def _fmt(v, digits: int = 1) -> str:
     return str(v)
 
 
+def _label(name: str) -> str:
+    base, seed = seed_of(name)
+    return LABELS.get(name, name) if seed is None else f"{LABELS.get(base, base)} (seed {seed})"
+
+
+def _delta(systems: dict, name: str, key: str) -> str:
+    """``name``'s ``key`` minus that of the model of its size trained on the references alone (the teacher
+    for the teacher's rows, the baseline student for the others); '' for those two themselves."""
+    ref = "teacher" if name in TEACHER_SIZE else "baseline"
+    mine, theirs = systems[name].get(key), (systems.get(ref) or {}).get(key)
+    if name == ref or mine is None or theirs is None:
+        return ""
+    return f"{mine - theirs:+.1f}"
+
+
+def _percent(v) -> str:
+    if v is None:
+        return "–"
+    return f"{100 * v:.1f}%" if v >= 0.001 else f"{100 * v:.2g}%"  # an untrained model's: 0.0021%
+
+
 def markdown_table(systems: dict, paper: str | None = None) -> str:
-    """The paper's Table 1 layout for one test set: BLEU K=1/K=5, perplexity, parameters, speed."""
+    """The paper's Table 1 layout for one test set: BLEU K=1/K=5 and their differences from the model of the
+    same size, perplexity, p(t = y-hat), parameters, speed."""
     ref = PAPER.get(paper or "", {})
-    head = ["System", "BLEU K=1", "BLEU K=5", "PPL", "Params", "Non-zero", "words/s K=1", "words/s K=5"]
+    head = ["System", "BLEU K=1", "Δ K=1", "BLEU K=5", "Δ K=5", "PPL", "p(t=ŷ)", "Params", "Non-zero", "words/s K=1",
+            "words/s K=5"]
     if ref:
         head += ["Paper K=1", "Paper K=5"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in systems.items():
-        row = [LABELS.get(name, name), _fmt(r["bleu_greedy"]), _fmt(r["bleu_beam"]), _fmt(r["ppl"], 2),
+        row = [_label(name), _fmt(r["bleu_greedy"]), _delta(systems, name, "bleu_greedy"), _fmt(r["bleu_beam"]),
+               _delta(systems, name, "bleu_beam"), _fmt(r["ppl"], 2), _percent(r["output_prob_greedy"]),
                _fmt(r["params"]), _fmt(r["nonzero_params"]), _fmt(r["words_per_s_greedy"], 0),
                _fmt(r["words_per_s_beam"], 0)]
         if ref:
@@ -182,7 +265,10 @@ def markdown_table(systems: dict, paper: str | None = None) -> str:
         lines.append("| " + " | ".join(row) + " |")
     sig = next((r.get("bleu_signature") for r in systems.values() if r.get("bleu_signature")), None)
     if sig:
-        lines.append(f"\nBLEU: sacrebleu, signature `{sig}`; K=1 is greedy, K=5 is beam 5.")
+        lines.append(f"\nBLEU: sacrebleu, signature `{sig}`; K=1 is greedy, K=5 is beam 5. Δ: the difference from "
+                     "the model of the same size trained on the references alone (the teacher for the teacher's "
+                     "rows, the baseline student for the students'). p(t=ŷ): the mean probability under the model "
+                     "of its greedy output (fairseq-generate's scores), how peaked the model is.")
     return "\n".join(lines) + "\n"
 
 
@@ -204,7 +290,7 @@ def noise_table(systems: dict) -> str:
     head = ["System", "BLEU K=1", "p", "BLEU K=5", "p", "chrF K=1", "p", "chrF K=5", "p"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in systems.items():
-        row = [LABELS.get(name, name)]
+        row = [_label(name)]
         for metric, p in (("bleu", "p"), ("chrf", "p_chrf")):
             for decoding in ("greedy", "beam"):
                 row += [_with_ci(r, f"{metric}_{decoding}"), _p(r.get(f"{p}_{decoding}"))]
@@ -320,6 +406,9 @@ def write_report(run_dir: str, paper: str | None = None, plots: bool = True, tes
           + "\nOn every test set (the difference behind each verdict, its 95% interval and p-value; see "
           "`fairseq_seqkd/evaluate/findings.py` for what held, within noise and did not hold mean):\n\n"
           + findings_table(report["findings_by_test_set"]))
+    seeds = seeds_table(report["seeds"])
+    if seeds:
+        md += f"\n## Training noise: students trained with several seeds ({report['test_set']})\n\n{seeds}"
     if pngs:
         md += "\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pngs) + "\n"
     md += ("\n## Provenance\n\nWhat made this run, one item a line, for comparing a rerun line by line (the "
