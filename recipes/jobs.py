@@ -247,6 +247,8 @@ def own_folder(folder: str | os.PathLike, cmd: Sequence, inputs: Sequence, log: 
         else:
             shutil.rmtree(folder)
             _note(log, f"{folder}: made with other options or inputs; removed, starting afresh")
+    if folder.is_dir() and not any(p.name != FINGERPRINT for p in folder.iterdir()):
+        shutil.rmtree(folder)  # an attempt that failed before writing anything: nothing to keep or resume
     if keep and not folder.exists():
         earlier = superseded_path(folder, stamp)
         if earlier.is_dir() and _stamp(earlier) == stamp:

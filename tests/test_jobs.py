@@ -63,6 +63,12 @@ def test_a_training_folder_is_kept_and_brought_back(tmp_path):
     assert Path("baseline/checkpoint_last.pt").read_text() == "first"
     (kept,) = Path("superseded").iterdir()
     assert (kept / "checkpoint_last.pt").read_text() == "second"
+    # settings that failed before writing anything (fairseq-train refused an option), then the first ones
+    # again: the failed attempt's folder (its fingerprint alone) does not stand in the way of bringing it back
+    jobs.own_folder("baseline", ["train", "--lr", "bad"], [data], log, keep=True)
+    assert sorted(p.name for p in Path("baseline").iterdir()) == ["fingerprint"]
+    jobs.own_folder("baseline", ["train", "--lr", "1"], [data], log, keep=True)
+    assert Path("baseline/checkpoint_last.pt").read_text() == "first"
     # without keep (a folder its command remakes): the other content is deleted
     jobs.own_folder("prepared", ["prepare", "a"], [data], log)
     Path("prepared/x").write_text("old")
