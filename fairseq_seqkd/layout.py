@@ -26,3 +26,9 @@ def shard_range(num_items: int, num_shards: int, shard_id: int) -> tuple[int, in
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"shard id {shard_id} is not in [0, {num_shards})")
     return num_items * shard_id // num_shards, num_items * (shard_id + 1) // num_shards
+
+
+def stopped_on_signal(save_dir: str | os.PathLike) -> str:
+    """What a training stopped on a cluster's warning signal leaves in its save folder
+    (fairseq_seqkd.tasks.stop_signal): it saved its checkpoint and is not finished."""
+    return os.path.join(save_dir, "stopped_on_signal.json")

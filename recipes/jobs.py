@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import IO
 
 # a file's or a folder's content as the pipeline's fingerprints see it: the package's one policy
+from fairseq_seqkd import layout
 from fairseq_seqkd.io_utils import atomic_copy, atomic_write_json, atomic_write_text, content_fingerprint
 
 write_json = atomic_write_json  # the Snakefile's name for it
@@ -391,7 +392,15 @@ def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str
             check_resume(save_dir, log)
             full = [*args(cmd), *args(device)]
             t0 = time.monotonic()
+            stopped = Path(layout.stopped_on_signal(save_dir))
+            stopped.unlink(missing_ok=True)
             run(full, log, threads, hold=lock)
+            if stopped.exists():  # saved on a cluster's warning before its time limit: not finished
+                updates = json.loads(stopped.read_text(encoding="utf-8"))["num_updates"]
+                stopped.unlink()
+                raise JobFailed(f"{save_dir}: stopped on the warning signal before the job's time limit, its "
+                                f"checkpoint saved at update {updates}; run it again (a cluster's retry does) "
+                                f"and it resumes from there")
             if not ckpt.exists():
                 raise JobFailed(f"fairseq-train finished without writing {ckpt}; see {log}")
             info = {"checkpoint": str(ckpt), "seconds": round(time.monotonic() - t0, 1), "command": full}

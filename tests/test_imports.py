@@ -18,6 +18,7 @@ NEEDS_FAIRSEQ = {
     "fairseq_seqkd.tasks.translation_kd",  # a TranslationTask
     "fairseq_seqkd.tasks.teacher_source",  # fairseq's utils and the cache's dataset wrapper
     "fairseq_seqkd.tasks.pruning_hooks",  # its config's ChoiceEnum
+    "fairseq_seqkd.tasks.stop_signal",  # a task mixin: fairseq-train's loop (its package registers the tasks)
     "fairseq_seqkd.fairseq_glue",  # task setup, split loading, teacher loading
     "fairseq_seqkd.checkpoints.save",  # fairseq's checkpoint_utils and PathManager
     "fairseq_seqkd.teacher_cache.dataset",  # a fairseq dataset wrapper

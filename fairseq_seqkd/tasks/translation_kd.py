@@ -8,7 +8,9 @@ dataclass plus a mixin that overrides one fairseq hook.
 - Seq-Inter (``--seq-inter``): :mod:`fairseq_seqkd.seq_kd.seq_inter` wraps the generator in
   ``build_generator``;
 - pruning (``--prune-ratio``): :mod:`fairseq_seqkd.tasks.pruning_hooks` re-applies the
-  masks in ``optimizer_step``.
+  masks in ``optimizer_step``;
+- a cluster's warning before a time limit (SIGURG): :mod:`fairseq_seqkd.tasks.stop_signal` saves and
+  stops fairseq-train, hung on ``begin_epoch``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from fairseq_seqkd.seq_kd.seq_inter import SeqInterConfig, SeqInterMixin
 from fairseq_seqkd.tasks.pruning_hooks import PruningConfig, PruningMixin
+from fairseq_seqkd.tasks.stop_signal import StopSignalMixin
 from fairseq_seqkd.tasks.teacher_source import TeacherCacheConfig, TeacherCacheMixin
 
 
@@ -29,7 +32,7 @@ class TranslationKDConfig(PruningConfig, SeqInterConfig, TeacherCacheConfig, Tra
 
 
 @register_task("translation_kd", dataclass=TranslationKDConfig)
-class TranslationKDTask(TeacherCacheMixin, SeqInterMixin, PruningMixin, TranslationTask):
+class TranslationKDTask(TeacherCacheMixin, SeqInterMixin, PruningMixin, StopSignalMixin, TranslationTask):
     """Translation with knowledge-distillation extras; without them it is plain translation."""
 
     cfg: TranslationKDConfig
