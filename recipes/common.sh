@@ -119,7 +119,8 @@ environment_layer() {
   fi
 }
 
-# run_pipeline RUN_DIR CONFIG... -- SNAKEMAKE_ARGS...: the layers in order, then CONFIGFILE's,
+# run_pipeline RUN_DIR CONFIG... -- SNAKEMAKE_ARGS...: the layers in order, then a --profile's settings.yaml,
+# then CONFIGFILE's,
 # then a generated one for RAW_DIR and the TEACHER_* variables; Snakemake's own arguments last.
 run_pipeline() {
   local run="$1"; shift
@@ -133,6 +134,14 @@ run_pipeline() {
       --directory|--directory=*|-d) die "the run folder is RUN=...; do not pass $arg";;
     esac
   done
+  # a profile's own settings (PROFILE/settings.yaml: a cluster's partitions, account, GPUs, job sizes), before yours
+  local prev="" profile=""
+  for arg in "$@"; do
+    case "$prev" in --profile) profile="$arg";; esac
+    case "$arg" in --profile=*) profile="${arg#--profile=}";; esac
+    prev="$arg"
+  done
+  if [ -n "$profile" ] && [ -f "$profile/settings.yaml" ]; then configs+=("$(cd "$profile" && pwd)/settings.yaml"); fi
   local mine
   for mine in ${CONFIGFILE:-}; do  # files separated by spaces, made absolute (Snakemake runs in RUN)
     [ -f "$mine" ] || die "CONFIGFILE: $mine is not a file"

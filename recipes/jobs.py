@@ -622,6 +622,40 @@ def seeded_students(config: dict, students: Sequence[str]) -> list[str]:
     return [s for s in students if s in chosen]
 
 
+SLURM_KINDS = ("teacher", "train", "gpu", "cpu")
+
+
+def slurm_resources(config: dict, kind: str) -> dict:
+    """The Snakemake resources of a job of ``kind`` (teacher, train, gpu, cpu) as the SLURM executor plugin
+    reads them, from the slurm_* settings: memory, time limit, partition, account, GPUs, and for a training
+    the warning signal before its limit (fairseq_seqkd.tasks.stop_signal)."""
+    table = config["slurm_jobs"] or {}
+    if set(table) != set(SLURM_KINDS):
+        raise ValueError(f"slurm_jobs: {sorted(table)}; give each of {', '.join(SLURM_KINDS)} its mem_mb and runtime")
+    row = table[kind] or {}
+    if set(row) != {"mem_mb", "runtime"} or not all(str(v).isdecimal() and int(v) > 0 for v in row.values()):
+        raise ValueError(f"slurm_jobs.{kind}: {row!r}; give whole numbers, e.g. {{mem_mb: 32000, runtime: 720}} "
+                         "(MB, minutes)")
+    resources = {"mem_mb": int(row["mem_mb"]), "runtime": int(row["runtime"])}
+    gpus = int(config["slurm_gpus"] or 0) if config["device"] != "cpu" and kind != "cpu" else 0
+    partition = (config["slurm_gpu_partition"] if gpus else None) or config["slurm_partition"]
+    if partition:
+        resources["slurm_partition"] = str(partition)
+    if config["slurm_account"]:
+        resources["slurm_account"] = str(config["slurm_account"])
+    if gpus:
+        resources["gpu"] = gpus
+        if config["slurm_gpu_model"]:
+            resources["gpu_model"] = str(config["slurm_gpu_model"])
+    if kind in ("teacher", "train"):
+        warning = int(config["slurm_time_warning"])
+        if not 0 < warning < 60 * resources["runtime"]:
+            raise ValueError(f"slurm_time_warning: {warning} s; give a number of seconds below slurm_jobs.{kind}'s "
+                             f"runtime ({resources['runtime']} minutes)")
+        resources["slurm_extra"] = f"--signal=URG@{warning}"
+    return resources
+
+
 def ratio_name(ratio) -> str:
     """A pruning ratio as it appears in file names (0.8 -> '0.8')."""
     return f"{float(ratio):g}"

@@ -128,3 +128,57 @@ def test_true_or_false_settings_given_as_text():
     assert config == {"export_ct2": False, "smoke": True, "num_shards": 2}
     with pytest.raises(ValueError, match="export_ct2: 'maybe' is not true or false"):
         jobs.coerce_flags({"export_ct2": "maybe"}, {"export_ct2": True})
+
+
+def _slurm_settings(**changes):
+    defaults = jobs.load_yaml(Path(jobs.__file__).parent / "config/defaults.yaml")
+    return {**defaults, **changes}
+
+
+def test_slurm_resources_of_each_kind_of_job():
+    config = _slurm_settings(slurm_partition="cpu", slurm_gpu_partition="gpu", slurm_gpu_model="a100")
+    train = jobs.slurm_resources(config, "train")
+    assert train == {"mem_mb": 64000, "runtime": 2880, "slurm_partition": "gpu", "gpu": 1, "gpu_model": "a100",
+                     "slurm_extra": "--signal=URG@300"}
+    assert jobs.slurm_resources(config, "cpu") == {"mem_mb": 32000, "runtime": 480, "slurm_partition": "cpu"}
+    # a CPU-only run (device: cpu, or slurm_gpus: 0) asks for no GPU, and its GPU kinds go to the cpu partition
+    for cpu_only in (_slurm_settings(device="cpu", slurm_partition="cpu", slurm_gpu_partition="gpu"),
+                     _slurm_settings(slurm_gpus=0, slurm_partition="cpu", slurm_gpu_partition="gpu")):
+        gpu_kind = jobs.slurm_resources(cpu_only, "gpu")
+        assert "gpu" not in gpu_kind and gpu_kind["slurm_partition"] == "cpu", gpu_kind
+    assert "slurm_partition" not in jobs.slurm_resources(_slurm_settings(), "gpu")  # sbatch's default partition
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"slurm_jobs": {"train": {"mem_mb": 1, "runtime": 1}}}, "give each of teacher, train, gpu, cpu"),
+    ({"slurm_jobs": {k: {"mem_mb": "16G", "runtime": 60} for k in jobs.SLURM_KINDS}}, "whole numbers"),
+    ({"slurm_time_warning": 600, "slurm_jobs": {k: {"mem_mb": 1000, "runtime": 5} for k in jobs.SLURM_KINDS}},
+     "below slurm_jobs.teacher's runtime"),
+])
+def test_slurm_settings_that_cannot_work_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        for kind in jobs.SLURM_KINDS:
+            jobs.slurm_resources(_slurm_settings(**changes), kind)
+
+
+def test_sbatch_options_of_each_kind_by_the_executor_plugin():
+    """What SLURM sees: the plugin's own sbatch line and GPU request, made from each kind's resources."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    class Resources(dict):  # Snakemake's job.resources: a mapping read by key and by attribute
+        __getattr__ = dict.get
+
+    config = _slurm_settings(slurm_partition="cpu", slurm_gpu_partition="gpu", slurm_gpu_model="a100")
+    lines = {}
+    for kind, threads in (("train", 8), ("cpu", 8)):
+        job = SimpleNamespace(resources=Resources(jobs.slurm_resources(config, kind)), threads=threads)
+        params = {"run_uuid": "RUN", "slurm_logfile": "LOG", "comment_str": "rule", "account": "",
+                  "partition": f"-p {job.resources.slurm_partition}", "workdir": "DIR"}
+        lines[kind] = get_submit_command(job, params) + set_gres_string(job)
+    assert "-p gpu -t 2880 --mem 64000 --cpus-per-task=8 --signal=URG@300" in lines["train"], lines["train"]
+    assert lines["train"].endswith("--gpus=a100:1"), lines["train"]
+    assert "-p cpu -t 480 --mem 32000 --ntasks=1 --cpus-per-task=8 -D DIR" in lines["cpu"], lines["cpu"]
+    assert "gpus" not in lines["cpu"] and "signal" not in lines["cpu"]

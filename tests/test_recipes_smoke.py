@@ -263,11 +263,16 @@ def test_changed_student_size_reruns_the_students_only(wmt_copy, smoke_runs):
 def test_slurm_profile_resolves_every_job(tmp_path):
     # --cores: a dry run caps each job's threads at its cores (1 by default), a cluster does not
     plan = run_recipe("wmt14_en_de.sh", tmp_path / "fresh", "-n", "--cores", "16", "--profile",
-                      str(ROOT / "recipes/profiles/slurm"), "--config", *SHARDS)
+                      str(ROOT / "recipes/profiles/slurm"), "--config", *SHARDS, "slurm_partition=cpu",
+                      "slurm_gpu_partition=gpu", "slurm_gpu_model=a100", "slurm_account=nmt")
     blocks = {m.group(1): m.group(0) for m in re.finditer(r"rule (\w+):\n(?:    .*\n)+", plan.stdout)}
     for rule in ("train_teacher", "train_seq_kd", "generate_shard", "cache_shard", "evaluate"):
-        assert "slurm_partition=gpu" in blocks[rule] and "gpu=1" in blocks[rule], blocks.get(rule)
+        for resource in ("slurm_partition=gpu", "gpu=1", "gpu_model=a100", "slurm_account=nmt"):
+            assert resource in blocks[rule], (resource, blocks.get(rule))
         assert re.search(r"threads: [48]\n", blocks[rule]), blocks[rule]
+        # a training asks for SIGURG before its time limit (it saves and stops); nothing else does
+        assert ("slurm_extra=--signal=URG@300" in blocks[rule]) == rule.startswith("train_"), blocks[rule]
+    assert "runtime=4320" in blocks["train_teacher"] and "runtime=2880" in blocks["train_seq_kd"]
     for rule in ("prepare", "extract", "cache_merge", "report"):
         assert "slurm_partition=cpu" in blocks[rule] and "gpu=" not in blocks[rule], blocks[rule]
 
