@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fairseq-seqkd-installed
 DEMO_DIR ?= runs/toy
 
-.PHONY: install demo check test lint bench clean gpu-check
+.PHONY: install demo check test lint bench clean gpu-check cluster
 
 install: $(STAMP)
 
@@ -23,8 +23,14 @@ check: install
 	$(BIN)/ruff check fairseq_seqkd tests benchmarks examples recipes
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not recipes and not slow" tests
 
-# everything, what CI runs: the quick tier, the slow integration tests and the pipeline runs
-test: install
+# the one-node SLURM cluster the SLURM tests run on (scripts/slurm_local.sh: Debian's packages, root only;
+# elsewhere tests/test_slurm.py skips)
+cluster:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then bash scripts/slurm_local.sh start; \
+	else echo "make: not root on Debian: no local SLURM cluster, the SLURM tests will skip"; fi
+
+# everything, what CI runs: the quick tier, the slow integration tests, the pipeline runs, the SLURM cluster's
+test: install cluster
 	$(BIN)/ruff check fairseq_seqkd tests benchmarks examples recipes
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 

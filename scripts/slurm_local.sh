@@ -229,7 +229,9 @@ DefMemPerCPU=$((mem / cpus))
 # time limits: killed at --time (checked every 30 s), SIGKILL 30 s after SIGTERM
 OverTimeLimit=0
 KillWait=30
-MinJobAge=60
+# a finished job stays in squeue 300 s (SLURM's default): longer than the executor plugin's longest
+# wait between status checks (180 s), so its squeue status queries see every job end
+MinJobAge=300
 JobRequeue=1
 # a requeued job may start again after cred_expire seconds (default 120)
 AuthInfo=cred_expire=30
