@@ -82,6 +82,19 @@ def generate_in_process(data_bin: Path | str, teacher: Path | str, out: Path, *e
     return out
 
 
+def process_commands(pgid: int | None = None) -> dict[int, str]:
+    """The running processes (of process group ``pgid``, else all): pid -> command line."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if pgid is None or os.getpgid(int(proc.name)) == pgid:
+                    out[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (ProcessLookupError, FileNotFoundError, PermissionError):
+                continue
+    return out
+
+
 def plugin_dir() -> str:
     """The --user-dir argument: the fairseq_seqkd package folder."""
     return str(Path(__file__).resolve().parents[1] / "fairseq_seqkd")

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import process_commands
 from recipe_runs import ROOT, finish, planned, ran, run_recipe, start_recipe
 
 pytestmark = pytest.mark.recipes
@@ -185,31 +186,18 @@ def test_a_second_writer_is_refused(run_copy):
         holder.wait()
 
 
-def _group(pgid: int) -> dict[int, str]:
-    """The processes of a process group: pid -> command line."""
-    out = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if os.getpgid(int(proc.name)) == pgid:
-                    out[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except (ProcessLookupError, FileNotFoundError, PermissionError):
-                continue
-    return out
-
-
 def test_a_killed_snakemake_leaves_no_writer_behind(run_copy):
     proc = start_recipe(RECIPE, run_copy, "teacher/train.done", "-j", "1", "--config",
                         "teacher_steps=[--max-epoch, 3000]")  # minutes: killed long before it ends
     try:
         deadline = time.monotonic() + 120
-        while not any("fairseq-train" in c for c in _group(proc.pid).values()):
+        while not any("fairseq-train" in c for c in process_commands(proc.pid).values()):
             assert proc.poll() is None and time.monotonic() < deadline, finish(RECIPE, proc, check=False).stderr[-2000:]
             time.sleep(0.5)
-        (snakemake,) = [pid for pid, c in _group(proc.pid).items() if "bin/snakemake " in c]
+        (snakemake,) = [pid for pid, c in process_commands(proc.pid).items() if "bin/snakemake " in c]
         os.kill(snakemake, signal.SIGKILL)  # the scheduler's process alone, as a node's OOM killer would
         deadline = time.monotonic() + 30
-        while any("fairseq-train" in c for c in _group(proc.pid).values()):
+        while any("fairseq-train" in c for c in process_commands(proc.pid).values()):
             assert time.monotonic() < deadline, "fairseq-train outlived the Snakemake that started it"
             time.sleep(0.5)
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRANSFORMER, TRAIN_COMMON, plugin_dir
+from conftest import TINY_TRANSFORMER, TRAIN_COMMON, plugin_dir, process_commands
 
 from fairseq_seqkd import layout
 
@@ -22,26 +22,12 @@ import jobs  # noqa: E402
 MAX_UPDATE = 300
 
 
-def _pids_of(needle: str) -> list[int]:
-    """The processes whose command line holds ``needle`` (the save folder: the one fairseq-train)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdecimal():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if needle in cmdline and "fairseq-train" in cmdline:
-                pids.append(int(entry.name))
-    return pids
-
-
 def _signal_when_training(log: Path, save: Path, after: str) -> threading.Thread:
     def send():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if log.exists() and after in log.read_text(errors="replace"):
-                for pid in _pids_of(str(save)):
+                for pid in [p for p, c in process_commands().items() if "fairseq-train" in c and str(save) in c]:
                     os.kill(pid, signal.SIGURG)
                 return
             time.sleep(0.05)
