@@ -60,10 +60,11 @@ def main() -> int:
     from fairseq_seqkd.teacher_cache.format import (
         FORMAT_NAME,
         FORMAT_VERSION,
-        PROBS_DTYPE,
+        LOGITS_DTYPE,
         ShardWriter,
         merge_shards,
         shard_path,
+        topk_logits,
     )
     from fairseq_seqkd.teacher_cache.reader import TeacherCache
 
@@ -83,13 +84,13 @@ def main() -> int:
         log(f"{n} sentences, {ntok} tokens: target hash {hash_s:.2f}s")
 
         meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "split": "train", "k": K, "ids_dtype": "uint16",
-                "probs_dtype": PROBS_DTYPE, "vocab_size": VOCAB, "teacher_checkpoint_sha256": "0" * 64,
+                "logits_dtype": LOGITS_DTYPE, "vocab_size": VOCAB, "teacher_checkpoint_sha256": "0" * 64,
                 "target_dictionary_sha256": "0" * 64, "total_sentences": n, "num_shards": 1,
                 "teacher_checkpoint": "synthetic", "shard_id": 0, "first_sentence": 0,
                 "target_tokens_sha256": target_tokens_hash(dataset, 0, n)}
         pool = 1 << 20
         pool_ids = rng.integers(0, VOCAB, (pool, K), dtype=np.uint16)
-        pool_probs = np.sort(rng.random((pool, K), dtype=np.float32), axis=1)[:, ::-1].astype(np.float16)
+        pool_logits = topk_logits(np.log(np.sort(rng.random((pool, K), dtype=np.float32) + 1e-9, axis=1)[:, ::-1]))
         writer = ShardWriter(shard_path(work, "train", 0, 1), meta, lengths)
         offsets = writer.offsets
         progress_s, write_s = [], 0.0
@@ -99,7 +100,7 @@ def main() -> int:
             for j in range(lo, hi):
                 at = int(offsets[j]) % (pool - 80)
                 m = int(lengths[j])
-                writer.write(j, pool_ids[at:at + m], pool_probs[at:at + m])
+                writer.write(j, pool_ids[at:at + m], pool_logits[at:at + m])
             write_s += time.perf_counter() - t0
             progress_s.append(timed(lambda hi=hi: writer.record_progress(hi)))
         commit_s = timed(writer.commit)

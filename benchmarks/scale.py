@@ -232,10 +232,13 @@ def stage_extract(work: str, sizes: list[int]) -> dict:
 
 
 def _pool(rng: np.random.Generator, tokens: int, k: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
-    """Plausible top-k rows: distinct-ish ids, probabilities sorted down, summing below 1."""
+    """Plausible top-k rows: distinct-ish ids, and the logits the cache stores of probabilities sorted down."""
+    from fairseq_seqkd.teacher_cache.format import topk_logits
+
     ids = rng.integers(4, vocab, (tokens, k)).astype(np.uint16)
     p = rng.dirichlet(np.ones(k + 1) * 0.5, tokens)[:, :k]
-    return ids, (-np.sort(-p, axis=1)).astype(np.float16)
+    with np.errstate(divide="ignore"):  # a probability of 0 is a logit of -inf
+        return ids, topk_logits(np.log(-np.sort(-p, axis=1)))
 
 
 def _load(data: str):
@@ -259,7 +262,7 @@ def child_cache_write(data: str, out: str, limit: int) -> dict:
     from fairseq_seqkd.teacher_cache.format import (
         FORMAT_NAME,
         FORMAT_VERSION,
-        PROBS_DTYPE,
+        LOGITS_DTYPE,
         ShardWriter,
         dictionary_hash,
         ids_dtype_for,
@@ -274,10 +277,10 @@ def child_cache_write(data: str, out: str, limit: int) -> dict:
     lengths = target_lengths(dataset)
     order = batch_order(dataset)
     identity = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "split": "train", "k": TOPK,
-                "ids_dtype": ids_dtype_for(len(tgt_dict)), "probs_dtype": PROBS_DTYPE, "vocab_size": len(tgt_dict),
+                "ids_dtype": ids_dtype_for(len(tgt_dict)), "logits_dtype": LOGITS_DTYPE, "vocab_size": len(tgt_dict),
                 "teacher_checkpoint_sha256": "0" * 64, "target_dictionary_sha256": dictionary_hash(tgt_dict),
                 "total_sentences": n, "num_shards": CACHE_SHARDS}
-    pool_ids, pool_probs = _pool(np.random.default_rng(0), 1 << 20, TOPK, len(tgt_dict))
+    pool_ids, pool_logits = _pool(np.random.default_rng(0), 1 << 20, TOPK, len(tgt_dict))
     setup_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     at = 0
@@ -294,7 +297,7 @@ def child_cache_write(data: str, out: str, limit: int) -> dict:
                         m = int(lengths[sid])
                         if at + m > len(pool_ids):
                             at = 0
-                        writer.write(sid - first, pool_ids[at:at + m], pool_probs[at:at + m])
+                        writer.write(sid - first, pool_ids[at:at + m], pool_logits[at:at + m])
                         at += m
                 writer.record_progress(hi - first)
             writer.commit()

@@ -123,7 +123,7 @@ def main() -> int:
     start = time.perf_counter()
 
     import fairseq_seqkd
-    from fairseq_seqkd.criterions.word_kd import TEACHER_IDS_KEY, TEACHER_PROBS_KEY
+    from fairseq_seqkd.criterions.word_kd import TEACHER_IDS_KEY, TEACHER_LOGITS_KEY
     from fairseq_seqkd.teacher_cache.build import build_cache
 
     fairseq_seqkd.register()  # translation_kd and word_kd
@@ -167,7 +167,7 @@ def main() -> int:
             load_ms["plain"].append(1000 * (t1 - t0))
             load_ms["cached"].append(1000 * (t2 - t1))
             batches.append(batch)
-        cache_keys = (TEACHER_IDS_KEY, TEACHER_PROBS_KEY)
+        cache_keys = (TEACHER_IDS_KEY, TEACHER_LOGITS_KEY)
         plain = [{k: v for k, v in b.items() if k not in cache_keys} for b in batches]
 
         def step(name: str, i: int) -> float:

@@ -1,12 +1,15 @@
 """The fairseq glue shared by the cache builder, the word_kd criterion, the corpus code and benchmarks.
 
 Task setup over a binarized folder, split loading as fairseq-train does it, loading a frozen
-teacher checked against the data's dictionary, the teacher's top-k, and a batch iterator over
-a range of sentences that loses none. Nothing here knows the cache format or the KD loss.
+teacher checked against the data's dictionary, running it (float32 weights, autocast in half
+precision on a GPU, its output checked for non-finite values) for its top-k, and a batch
+iterator over a range of sentences that loses none. Nothing here knows the cache format or the
+KD loss.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -19,9 +22,12 @@ from fairseq_seqkd.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-# The sample keys through which a teacher distribution reaches the criterion.
+# The sample keys through which a teacher distribution reaches the criterion: the top-k ids and
+# the teacher's logits at them less the largest (log(p_i / p_1), float16, 0 first), whose softmax
+# is the top-k distribution renormalised. Float16 survives fairseq's --fp16/--bf16 conversion of
+# float32 sample tensors unchanged.
 TEACHER_IDS_KEY = "teacher_topk_ids"
-TEACHER_PROBS_KEY = "teacher_topk_probs"
+TEACHER_LOGITS_KEY = "teacher_topk_logits"
 # fairseq's default --seed: the batch order of a sentence range depends only on it, so a resumed
 # cache shard batches its sentences exactly as an uninterrupted build does
 BATCH_ORDER_SEED = 1
@@ -213,16 +219,43 @@ def load_teacher_for_data(data: str, teacher_path: str, source_lang: str | None 
     return task, load_teacher(teacher_path, task, state, teacher_dict, dict_unchecked), state
 
 
+def teacher_autocast(device: torch.device, dtype: torch.dtype):
+    """The precision a float32 teacher runs in beside a student of ``dtype``.
+
+    On a GPU with a half-precision student (--fp16, --bf16): autocast in that dtype, so matrix
+    products run in half precision while softmax, log-softmax and layer norm stay in float32
+    (the teacher's weights are never cast). Under --amp fairseq's own autocast is already active.
+    Elsewhere (a CPU, a float32 student): float32 throughout.
+    """
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def check_teacher_finite(lprobs: torch.Tensor, teacher: str, fix: str) -> None:
+    """Stop with a UserError naming ``teacher`` and the ``fix`` when its log-probabilities hold NaN or +inf.
+
+    fairseq takes a non-finite loss under --fp16 for a gradient overflow: it skips the batch and
+    lowers the loss scale until "Minimum loss scale reached", never naming the teacher. -inf
+    (probability 0) is allowed. One host sync per call.
+    """
+    bad = torch.isnan(lprobs) | torch.isposinf(lprobs)
+    if bool(bad.any()):
+        raise UserError(f"{teacher}: the teacher's output holds {int(bad.sum())} non-finite probabilities "
+                        f"(NaN or inf) among {lprobs.numel()} in this batch (shape {tuple(lprobs.shape)}). {fix}")
+
+
 @torch.no_grad()
 def teacher_topk(teacher: torch.nn.Module, net_input: dict,
                  k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Teacher-forced (ids, probs) of the k most probable tokens per position, (B, T, k), sorted.
+    """Teacher-forced (ids, log-probs) of the k most probable tokens per position, (B, T, k), sorted.
 
-    k <= 0 returns (None, full distribution (B, T, V)).
+    The log-probs are float32 (fairseq's ``get_normalized_probs`` computes them in float32 from
+    any logits). k <= 0 returns (None, log-probs over the whole vocabulary (B, T, V)).
     """
     net_output = teacher(**net_input)
     lprobs = teacher.get_normalized_probs(net_output, log_probs=True)
     if k <= 0:
-        return None, lprobs.exp()
+        return None, lprobs
     values, ids = lprobs.topk(min(k, lprobs.size(-1)), dim=-1)
-    return ids, values.exp()
+    return ids, values

@@ -17,7 +17,7 @@ from fairseq.data import Dictionary
 
 from fairseq_seqkd import cli
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.fairseq_glue import TEACHER_IDS_KEY, TEACHER_PROBS_KEY, load_teacher
+from fairseq_seqkd.fairseq_glue import TEACHER_IDS_KEY, TEACHER_LOGITS_KEY, load_teacher
 from fairseq_seqkd.io_utils import file_sha256
 from fairseq_seqkd.teacher_cache.build import build_cache
 from fairseq_seqkd.teacher_cache.checks import check_against_dataset
@@ -78,7 +78,7 @@ def test_header_records_format_counts_and_hashes(valid_cache, toy_data_bin, toy_
     task.load_dataset("valid")
     sizes = task.dataset("valid").tgt_sizes
     assert header["split"] == "valid" and header["k"] == 8 and header["num_shards"] == 3
-    assert (header["ids_dtype"], header["probs_dtype"]) == ("uint16", "float16")
+    assert (header["ids_dtype"], header["logits_dtype"], header["version"]) == ("uint16", "float16", 3)
     assert header["num_sentences"] == len(sizes) == 64
     assert header["num_tokens"] == int(sizes.sum())
     assert header["teacher_checkpoint_sha256"] == file_sha256(str(toy_teacher))
@@ -101,18 +101,21 @@ def test_round_trip_across_shards_holds_the_teachers_top_k(valid_cache, toy_data
     seen = 0
     for sample in batches(task, "valid"):
         with torch.no_grad():
-            full = teacher.get_normalized_probs(teacher(**sample["net_input"]), log_probs=False)
+            full = teacher.get_normalized_probs(teacher(**sample["net_input"]), log_probs=True)
         for row, sid in enumerate(sample["id"].tolist()):
             n = int(sample["target"][row].ne(pad).sum())
-            ids, probs = cache[sid]
-            assert ids.shape == probs.shape == (n, 8)
+            ids, logits = cache[sid]
+            assert ids.shape == logits.shape == (n, 8) and logits.dtype == np.float16
             ids = torch.from_numpy(ids.astype(np.int64))
             truth = full[row, :n]
-            # the cached probs are the teacher's at those ids (float16), sorted, and the largest k
-            assert torch.allclose(torch.from_numpy(probs.astype(np.float32)), truth.gather(1, ids), atol=2e-3)
-            assert (np.diff(probs.astype(np.float32), axis=1) <= 0).all()
+            # the cached logits are the teacher's log(p_i / p_1) at those ids (float16: to 2^-11
+            # relative), sorted, 0 first, and the largest k
+            at_ids = truth.gather(1, ids)
+            logits = torch.from_numpy(logits.astype(np.float32))
+            assert torch.allclose(logits, at_ids - at_ids[:, :1], rtol=2**-11, atol=1e-6)
+            assert (logits[:, 0] == 0).all() and (logits.diff(dim=1) <= 0).all()
             kth = truth.topk(8, dim=1).values[:, -1]
-            assert (truth.gather(1, ids).min(dim=1).values >= kth - 2e-3).all()
+            assert (at_ids.min(dim=1).values >= kth - 1e-5).all()
             seen += 1
     assert seen == len(cache) == 64
 
@@ -128,16 +131,16 @@ def test_dataset_wrapper_aligns_with_target_under_padding_shuffle_and_workers(va
     cache = TeacherCache(str(valid_cache), "valid")
     pad, rows = task.target_dictionary.pad(), 0
     for sample in batches(task, "valid", max_tokens=250, num_workers=1, shuffle=True):
-        target, ids, probs = sample["target"], sample[TEACHER_IDS_KEY], sample[TEACHER_PROBS_KEY]
-        assert ids.shape[:2] == probs.shape[:2] == target.shape and ids.dtype == torch.long
+        target, ids, logits = sample["target"], sample[TEACHER_IDS_KEY], sample[TEACHER_LOGITS_KEY]
+        assert ids.shape[:2] == logits.shape[:2] == target.shape and ids.dtype == torch.long
         assert target.size(1) % 8 == 0
         for row, sid in enumerate(sample["id"].tolist()):
             mask = target[row].ne(pad)
             assert mask[-1], "left padding: tokens end the row"
-            want_ids, want_probs = cache[sid]
+            want_ids, want_logits = cache[sid]
             assert torch.equal(ids[row][mask], torch.from_numpy(want_ids.astype(np.int64)))
-            assert torch.equal(probs[row][mask], torch.from_numpy(np.array(want_probs)))
-            assert probs[row][~mask].float().abs().sum() == 0
+            assert torch.equal(logits[row][mask], torch.from_numpy(np.array(want_logits)))
+            assert logits[row][~mask].float().abs().sum() == 0
             rows += 1
     assert rows == 64
     # workers get a copy without the maps: small to pickle, reopened lazily
@@ -152,13 +155,13 @@ def test_take_gathers_a_batch_across_shards_as_sentence_reads_do(valid_cache):
     cache = TeacherCache(str(valid_cache), "valid")
     # any order, across the 3 shards, a sentence twice, and nothing at all
     for indices in ([50, 3, 21, 63, 0, 3, 42, 20], [22], []):
-        lengths, ids, probs = cache.take(np.array(indices))
+        lengths, ids, logits = cache.take(np.array(indices))
         one_by_one = [cache[i] for i in indices]
         assert lengths.tolist() == [len(i) for i, _ in one_by_one]
-        assert ids.shape == probs.shape == (sum(lengths), 8) and probs.dtype == np.float16
+        assert ids.shape == logits.shape == (sum(lengths), 8) and logits.dtype == np.float16
         if indices:
             assert np.array_equal(ids, np.concatenate([i for i, _ in one_by_one]))
-            assert np.array_equal(probs, np.concatenate([p for _, p in one_by_one]))
+            assert np.array_equal(logits, np.concatenate([p for _, p in one_by_one]))
     with pytest.raises(IndexError, match="sentence 64 outside the 64"):
         cache.take(np.array([1, 64]))
 
@@ -169,15 +172,15 @@ def test_dataset_wrapper_pads_on_the_right_and_refuses_a_length_mismatch(valid_c
     dataset = task.dataset("valid")
     cache, pad, rows = dataset.cache, task.target_dictionary.pad(), 0
     for sample in batches(task, "valid", max_tokens=300, shuffle=True):
-        target, ids, probs = sample["target"], sample[TEACHER_IDS_KEY], sample[TEACHER_PROBS_KEY]
-        assert ids.dtype == torch.long and probs.dtype == torch.float16
+        target, ids, logits = sample["target"], sample[TEACHER_IDS_KEY], sample[TEACHER_LOGITS_KEY]
+        assert ids.dtype == torch.long and logits.dtype == torch.float16
         for row, sid in enumerate(sample["id"].tolist()):
             n = int(target[row].ne(pad).sum())
             assert target[row, :n].ne(pad).all(), "right padding: tokens start the row"
-            want_ids, want_probs = cache[sid]
+            want_ids, want_logits = cache[sid]
             assert torch.equal(ids[row, :n], torch.from_numpy(want_ids.astype(np.int64)))
-            assert torch.equal(probs[row, :n], torch.from_numpy(np.array(want_probs)))
-            assert ids[row, n:].abs().sum() == 0 and probs[row, n:].float().abs().sum() == 0
+            assert torch.equal(logits[row, :n], torch.from_numpy(np.array(want_logits)))
+            assert ids[row, n:].abs().sum() == 0 and logits[row, n:].float().abs().sum() == 0
             rows += 1
     assert rows == 64
     samples = [dataset[i] for i in (5, 6, 7)]
@@ -406,18 +409,18 @@ def test_damaged_shards_are_refused_by_verify_and_training_and_fixed_by_rebuildi
     with open(victim, "r+b") as f:
         f.seek(middle)
         f.write(b"\xff" * 4096)
-    with pytest.raises(UserError, match=r"CRC-32 of its (ids|probs) array is [0-9a-f]{8} but .*" + fix):
+    with pytest.raises(UserError, match=r"CRC-32 of its (ids|logits) array is [0-9a-f]{8} but .*" + fix):
         cli_verify(toy_data_bin, out)
     with pytest.raises(UserError, match=rf"{re.escape(str(victim))}: damaged: token \d+ of the shard holds "
-                                        r"(id 65535, outside the vocabulary|a probability outside).*" + fix):
+                                        r"(id 65535, outside the vocabulary|logits no build writes).*" + fix):
         attach_teacher_cache(task.dataset("valid"), str(out), "valid", task.target_dictionary, True)
-    # plausible values (zeros) in the probs pass the cheap scan at training load, not the checksum
+    # plausible values (zeros) in the logits pass the cheap scan at training load, not the checksum
     victim.write_bytes(intact)
     with open(victim, "r+b") as f:
-        f.seek(header["probs_at"] + 64)
+        f.seek(header["logits_at"] + 64)
         f.write(b"\0" * 256)
     attach_teacher_cache(task.dataset("valid"), str(out), "valid", task.target_dictionary, True)
-    with pytest.raises(UserError, match=r"CRC-32 of its probs array.*" + fix):
+    with pytest.raises(UserError, match=r"CRC-32 of its logits array.*" + fix):
         cli_verify(toy_data_bin, out)
     # the fix the message gives
     victim.unlink()
@@ -426,19 +429,24 @@ def test_damaged_shards_are_refused_by_verify_and_training_and_fixed_by_rebuildi
     assert victim.read_bytes() == intact
 
 
-def test_a_version_1_cache_asks_for_a_rebuild(valid_cache, toy_data_bin, tmp_path):
-    out = tmp_path / "v1"
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_cache_asks_for_a_rebuild(valid_cache, toy_data_bin, tmp_path, version):
+    out = tmp_path / f"v{version}"
     shutil.copytree(valid_cache, out)
     head = Path(header_path(str(out), "valid"))
-    head.write_text(head.read_text().replace('"version": 2', '"version": 1'))
-    with pytest.raises(UserError, match=r"valid.header.json: a version-1 fairseq-seqkd teacher top-k cache, "
-                                        r"written by an older fairseq-seqkd.*rebuild it"):
+    head.write_text(head.read_text().replace('"version": 3', f'"version": {version}'))
+    # what changed since says why: version 2's float16 probabilities lost the tail a temperature needs
+    with pytest.raises(UserError, match=rf"valid.header.json: a version-{version} fairseq-seqkd teacher top-k "
+                                        r"cache, written by an older fairseq-seqkd; this one reads version 3 \("
+                                        + ("version 2: per-shard checksums.*; " if version == 1 else "")
+                                        + r"version 3: float16 logits relative to the most probable token.*"
+                                        r"rebuild it with `fairseq-seqkd cache`"):
         TeacherCache(str(out), "valid")
     shard = Path(shard_path(str(out), "valid", 0, 3))
     with open(shard, "r+b") as f:
-        f.write(b"SEQKDTC1")
+        f.write(f"SEQKDTC{version}".encode())
     os.unlink(head)
-    with pytest.raises(UserError, match=r"shard0000-of-0003.bin: a version-1 .*rebuild it"):
+    with pytest.raises(UserError, match=rf"shard0000-of-0003.bin: a version-{version} .*rebuild it"):
         cli_verify(toy_data_bin, out)
 
 

@@ -22,7 +22,7 @@ from fairseq_seqkd import cli
 from fairseq_seqkd.criterions import word_kd as word_kd_module
 from fairseq_seqkd.criterions.word_kd import (
     TEACHER_IDS_KEY,
-    TEACHER_PROBS_KEY,
+    TEACHER_LOGITS_KEY,
     WordKDCriterion,
     kd_cross_entropy,
     load_teacher,
@@ -196,7 +196,7 @@ def test_alpha_zero_equals_label_smoothed_cross_entropy(toy_data_bin, caches):
     kd = criterion(task, toy_data_bin, *WORD_KD, "--kd-alpha", "0", "--kd-temperature", "2")
     ce = criterion(task, toy_data_bin, *LS_CE)
     for sample in batches(task, "valid")[:3]:
-        assert TEACHER_PROBS_KEY in sample
+        assert TEACHER_LOGITS_KEY in sample
         loss, size, log = kd(student, sample)
         ref_loss, ref_size, ref_log = ce(student, sample)
         assert torch.equal(loss, ref_loss) and size == ref_size
@@ -214,10 +214,10 @@ def test_cache_with_k_equal_vocabulary_gives_the_online_teachers_loss(toy_data_b
     for tau in (1.0, 2.0):
         cached, online = word_kd(task, tau=tau), word_kd(task, tau=tau, teacher=toy_teacher)
         for sample in samples:
-            plain = {k: v for k, v in sample.items() if k not in (TEACHER_IDS_KEY, TEACHER_PROBS_KEY)}
+            plain = {k: v for k, v in sample.items() if k not in (TEACHER_IDS_KEY, TEACHER_LOGITS_KEY)}
             loss, _, log = cached(student, sample)
             ref_loss, _, ref_log = online(student, plain)
-            assert torch.allclose(log["kd_loss"], ref_log["kd_loss"], rtol=1e-3)  # float16 cache vs float32
+            assert torch.allclose(log["kd_loss"], ref_log["kd_loss"], rtol=1e-3)  # float16 cached logits vs float32
             assert torch.allclose(loss, ref_loss, rtol=1e-3)
             assert torch.equal(log["nll_loss"], ref_log["nll_loss"])
 
@@ -228,7 +228,7 @@ def test_top_k_cache_gives_the_online_teachers_top_k_loss(toy_data_bin, toy_teac
     student = task.build_model(cfg.model).eval()
     cached, online = word_kd(task, alpha=1.0, topk=5), word_kd(task, alpha=1.0, topk=5, teacher=toy_teacher)
     sample = batches(task, "valid")[0]
-    plain = {k: v for k, v in sample.items() if k not in (TEACHER_IDS_KEY, TEACHER_PROBS_KEY)}
+    plain = {k: v for k, v in sample.items() if k not in (TEACHER_IDS_KEY, TEACHER_LOGITS_KEY)}
     assert torch.allclose(cached(student, sample)[0], online(student, plain)[0], rtol=1e-3)
     too_many = word_kd(task, topk=9)
     with pytest.raises(UserError, match="--kd-topk 9 exceeds the k=8 the teacher cache holds"):

@@ -5,10 +5,12 @@ loss = (1 - alpha) * label-smoothed NLL of the reference
 
 where p is the student's distribution, q the teacher's, both at temperature tau, and H the
 cross-entropy summed over target tokens. The teacher distribution comes from the sample
-(keys ``teacher_topk_ids`` / ``teacher_topk_probs``, added by the ``translation_kd`` task from
-a teacher top-k cache; renormalised over the k entries) or from an online teacher loaded with
-``--teacher-path`` (full vocabulary, or its top ``--kd-topk``). The criterion learns about the
-cache only through those two sample keys.
+(keys ``teacher_topk_ids`` / ``teacher_topk_logits``, added by the ``translation_kd`` task from
+a teacher top-k cache; the softmax of the logits is the top-k renormalised) or from an online
+teacher loaded with ``--teacher-path`` (full vocabulary, or its top ``--kd-topk``). The
+criterion learns about the cache only through those two sample keys. Either way the teacher's
+probabilities reach the loss in float32; the online teacher keeps float32 weights under
+--fp16/--bf16 (autocast on a GPU) and a non-finite output stops training with an error.
 
 Where a batch has no teacher distribution (a validation split without a cache and no online
 teacher), the KD term is skipped and the loss is the label-smoothed NLL alone; while training
@@ -30,12 +32,19 @@ from fairseq.logging import metrics
 from omegaconf import II
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.fairseq_glue import TEACHER_IDS_KEY, TEACHER_PROBS_KEY, load_teacher, teacher_topk
+from fairseq_seqkd.fairseq_glue import (
+    TEACHER_IDS_KEY,
+    TEACHER_LOGITS_KEY,
+    check_teacher_finite,
+    load_teacher,
+    teacher_autocast,
+    teacher_topk,
+)
 
 logger = logging.getLogger(__name__)
 
 # The sample keys through which a teacher distribution reaches the criterion (TEACHER_IDS_KEY,
-# TEACHER_PROBS_KEY) live in fairseq_glue, below both the cache's dataset wrapper and this module.
+# TEACHER_LOGITS_KEY) live in fairseq_glue, below both the cache's dataset wrapper and this module.
 
 
 @dataclass
@@ -214,6 +223,12 @@ def word_kd_loss(
     return loss, nll_loss, kd
 
 
+_ONLINE_TEACHER_FIX = (
+    "Check that the checkpoint translates (fairseq-generate --path TEACHER.pt). If it does and this runs on a GPU "
+    "under --fp16 or --amp, its activations overflow float16: train with --bf16, or build a teacher cache in "
+    "float32 (`fairseq-seqkd cache` without --fp16) and train from it (--task translation_kd --teacher-cache DIR)")
+
+
 @register_criterion("word_kd", dataclass=WordKDConfig)
 class WordKDCriterion(FairseqCriterion):
     """Label-smoothed NLL plus the cross-entropy to a teacher's (cached or online) distribution."""
@@ -235,15 +250,16 @@ class WordKDCriterion(FairseqCriterion):
         # A plain list, not a submodule: the teacher must stay out of the optimizer, out of the
         # student's checkpoints and out of criterion.train().
         self._teacher: list[torch.nn.Module] = []
+        self.teacher_path = teacher_path
         if teacher_path:
             self._teacher.append(load_teacher(teacher_path, task, teacher_dict=teacher_dict,
                                               dict_unchecked=teacher_dict_unchecked))
             logger.info("word_kd: online teacher %s loaded (eval mode, no grad)", teacher_path)
 
     def teacher_distribution(self, model, sample) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(ids, probs) from the sample's cached top-k, else from the online teacher, else (None, None)."""
-        if TEACHER_PROBS_KEY in sample:
-            ids, probs = sample[TEACHER_IDS_KEY], sample[TEACHER_PROBS_KEY]
+        """(ids, float32 probs) from the sample's cached top-k, else from the online teacher, else (None, None)."""
+        if TEACHER_LOGITS_KEY in sample:
+            ids, logits = sample[TEACHER_IDS_KEY], sample[TEACHER_LOGITS_KEY]
             if ids.shape[:2] != sample["target"].shape:
                 raise UserError(f"teacher cache batch of shape {tuple(ids.shape)} does not line up with "
                                 f"the target {tuple(sample['target'].shape)}")
@@ -251,15 +267,17 @@ class WordKDCriterion(FairseqCriterion):
                 if self.topk > ids.size(-1):
                     raise UserError(f"--kd-topk {self.topk} exceeds the k={ids.size(-1)} the teacher cache "
                                     "holds: lower --kd-topk or rebuild the cache with a larger --topk")
-                ids, probs = ids[..., : self.topk], probs[..., : self.topk]
-            return ids, probs
+                ids, logits = ids[..., : self.topk], logits[..., : self.topk]
+            return ids, torch.softmax(logits.float(), dim=-1)
         if self._teacher:
             teacher = self._teacher[0]
             param = next(model.parameters())
-            t_param = next(teacher.parameters())
-            if t_param.device != param.device or (param.dtype != t_param.dtype and param.is_floating_point()):
-                teacher.to(device=param.device, dtype=param.dtype)
-            return teacher_topk(teacher, sample["net_input"], self.topk)
+            if next(teacher.parameters()).device != param.device:
+                teacher.to(device=param.device)  # its weights stay float32 whatever the student's dtype
+            with teacher_autocast(param.device, param.dtype):
+                ids, lprobs = teacher_topk(teacher, sample["net_input"], self.topk)
+            check_teacher_finite(lprobs, f"word_kd's online teacher {self.teacher_path}", _ONLINE_TEACHER_FIX)
+            return ids, lprobs.float().exp()
         return None, None
 
     def forward(self, model, sample, reduce=True):

@@ -21,9 +21,11 @@ import torch
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.fairseq_glue import (
     batch_order,
+    check_teacher_finite,
     load_split,
     load_teacher_for_data,
     setup_translation_task,
+    teacher_autocast,
     teacher_batches,
     teacher_topk,
 )
@@ -33,9 +35,10 @@ from fairseq_seqkd.teacher_cache.checks import check_against_dataset, target_len
 from fairseq_seqkd.teacher_cache.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
-    PROBS_DTYPE,
+    LOGITS_DTYPE,
     ShardWriter,
     _identity_diff,
+    _rebuild_hint,
     _scan,
     dictionary_hash,
     header_path,
@@ -44,6 +47,7 @@ from fairseq_seqkd.teacher_cache.format import (
     read_shard_header,
     shard_layout,
     shard_path,
+    topk_logits,
 )
 from fairseq_seqkd.teacher_cache.reader import TeacherCache
 
@@ -88,7 +92,7 @@ def build_cache(data: str, teacher_path: str, out_dir: str, split: str = "train"
     lengths = target_lengths(dataset)
     k = min(topk, len(tgt_dict))
     identity = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "split": split, "k": k,
-                "ids_dtype": ids_dtype_for(len(tgt_dict)), "probs_dtype": PROBS_DTYPE,
+                "ids_dtype": ids_dtype_for(len(tgt_dict)), "logits_dtype": LOGITS_DTYPE,
                 "vocab_size": len(tgt_dict),
                 "teacher_checkpoint_sha256": file_sha256(teacher_path),
                 "target_dictionary_sha256": dictionary_hash(tgt_dict), "total_sentences": len(dataset),
@@ -99,8 +103,13 @@ def build_cache(data: str, teacher_path: str, out_dir: str, split: str = "train"
                      f"the teacher cache of split '{split}' (top-{k}, {len(shards)} shard(s) of {num_shards})")
     if use_cuda:
         teacher.cuda()
-    if fp16:
-        teacher.half()
+    # --fp16: autocast over the float32 weights (log-softmax stays float32), and a check of every
+    # batch's output, so an overflow stops the build instead of reaching the cache
+    precision = teacher_autocast(torch.device("cuda" if use_cuda else "cpu"),
+                                 torch.float16 if fp16 else torch.float32)
+    finite_fix = ("Its activations overflow float16: rebuild without --fp16" if fp16 else
+                  "Check that the checkpoint translates (fairseq-generate --path TEACHER.pt), then rebuild") + \
+        f": {_rebuild_hint(split, out_dir)}"
     pad, left_pad = tgt_dict.pad(), bool(getattr(dataset, "left_pad_target", False))
     order = None
     built, skipped, resumed, batches = [], [], {}, 0
@@ -137,14 +146,16 @@ def build_cache(data: str, teacher_path: str, out_dir: str, split: str = "train"
                                               num_workers, order):
                     if use_cuda:
                         sample = utils.move_to_cuda(sample)
-                    ids, probs = teacher_topk(teacher, sample["net_input"], k)
+                    with precision:
+                        ids, lprobs = teacher_topk(teacher, sample["net_input"], k)
+                    check_teacher_finite(lprobs, teacher_path, finite_fix)
                     target = sample["target"]
                     ids_np = ids.cpu().numpy().astype(identity["ids_dtype"])
-                    probs_np = probs.to(torch.float16).cpu().numpy()
+                    logits_np = topk_logits(lprobs.cpu().numpy())
                     width = target.size(1)
                     for row, (sid, n) in enumerate(zip(sample["id"].tolist(), target.ne(pad).sum(1).tolist())):
                         cols = slice(width - n, width) if left_pad else slice(0, n)
-                        writer.write(sid - first, ids_np[row, cols], probs_np[row, cols])
+                        writer.write(sid - first, ids_np[row, cols], logits_np[row, cols])
                     batches += 1
                     bar.update(len(sample["id"]))
                 writer.record_progress(hi - first)

@@ -1,6 +1,6 @@
 """A teacher top-k cache next to fairseq data: checked against a split, then added to its batches.
 
-:class:`TeacherCacheDataset` adds ``teacher_topk_ids`` / ``teacher_topk_probs`` to batches (read once
+:class:`TeacherCacheDataset` adds ``teacher_topk_ids`` / ``teacher_topk_logits`` to batches (read once
 per batch); :func:`attach_teacher_cache` checks the cache against the split
 (:func:`fairseq_seqkd.teacher_cache.checks.check_against_dataset`) and wraps it, for the task.
 """
@@ -15,7 +15,7 @@ import torch
 from fairseq.data import BaseWrapperDataset, Dictionary
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.fairseq_glue import TEACHER_IDS_KEY, TEACHER_PROBS_KEY
+from fairseq_seqkd.fairseq_glue import TEACHER_IDS_KEY, TEACHER_LOGITS_KEY
 from fairseq_seqkd.teacher_cache.checks import check_against_dataset
 from fairseq_seqkd.teacher_cache.format import _scan, header_path
 from fairseq_seqkd.teacher_cache.reader import TeacherCache, concat_ranges, row_view
@@ -23,10 +23,11 @@ from fairseq_seqkd.teacher_cache.reader import TeacherCache, concat_ranges, row_
 logger = logging.getLogger(__name__)
 
 class TeacherCacheDataset(BaseWrapperDataset):
-    """Adds ``teacher_topk_ids`` (long) / ``teacher_topk_probs`` (float16), (B, T, k), to each batch.
+    """Adds ``teacher_topk_ids`` (long) / ``teacher_topk_logits`` (float16), (B, T, k), to each batch.
 
     They are aligned and padded like ``target`` (right or left padding, bucketing, any batch
-    order); padded positions hold id 0 with probability 0.
+    order); padded positions hold id 0 with logit 0. The logits stay float16 as stored: fairseq's
+    --fp16/--bf16 convert only float32 sample tensors, so they reach the criterion unchanged.
     """
 
     def __init__(self, dataset, cache: TeacherCache, pad: int):
@@ -45,7 +46,7 @@ class TeacherCacheDataset(BaseWrapperDataset):
         target = batch["target"]
         bsz, width = target.shape
         k = self.cache.k
-        cached, ids, probs = self.cache.take(batch["id"].numpy())  # rows in the collater's (sorted) order
+        cached, ids, logits = self.cache.take(batch["id"].numpy())  # rows in the collater's (sorted) order
         lengths = target.ne(self.pad).sum(dim=1).numpy()
         if not np.array_equal(cached, lengths):
             row = int(np.flatnonzero(cached != lengths)[0])
@@ -58,12 +59,12 @@ class TeacherCacheDataset(BaseWrapperDataset):
             first += width - lengths
         at = concat_ranges(first, lengths)
         dense_ids = np.zeros((bsz * width, k), dtype=ids.dtype)
-        dense_probs = np.zeros((bsz * width, k), dtype=np.float16)
+        dense_logits = np.zeros((bsz * width, k), dtype=logits.dtype)
         row_view(dense_ids)[at] = row_view(ids)
-        row_view(dense_probs)[at] = row_view(probs)
+        row_view(dense_logits)[at] = row_view(logits)
         # the criterion gathers with the ids: int64, converted once per batch
         batch[TEACHER_IDS_KEY] = torch.from_numpy(dense_ids.astype(np.int64)).view(bsz, width, k)
-        batch[TEACHER_PROBS_KEY] = torch.from_numpy(dense_probs).view(bsz, width, k)
+        batch[TEACHER_LOGITS_KEY] = torch.from_numpy(dense_logits).view(bsz, width, k)
         return batch
 
     def num_tokens_vec(self, indices):

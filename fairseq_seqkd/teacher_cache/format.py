@@ -11,15 +11,19 @@ splits):
     SPLIT.shardIIII-of-NNNN.bin         one shard: sentences [first, first + n) of the split.
     SPLIT.shardIIII-of-NNNN.bin.tmp     a shard being written, or left by an interrupted build.
 
-A shard file (format version 2) is: 8 magic bytes ``SEQKDTC2``, its own JSON header padded to
+A shard file (format version 3) is: 8 magic bytes ``SEQKDTC3``, its own JSON header padded to
 4096 bytes, then three arrays at 64-byte aligned offsets named in that header: ``offsets``
 (int64, n + 1, token offsets of its sentences), ``ids`` (num_tokens x k; uint16 when the
-dictionary has at most 65536 symbols, else int32) and ``probs`` (num_tokens x k, float16), both
-sorted by decreasing probability per token. Its header also holds ``target_tokens_sha256``
+dictionary has at most 65536 symbols, else int32) and ``logits`` (num_tokens x k, float16: the
+teacher's logits less the largest, log(p_i / p_1), so 0 first and <= 0 after), both sorted by
+decreasing probability per token. Their softmax is the teacher's top-k renormalised, and
+softmax(logits / T) its tempered form, to 2^-10 * ln(k) in L1 at any T (see :func:`topk_logits`).
+Its header also holds ``target_tokens_sha256``
 (sha256 of the target token ids of its sentences as little-endian int32, in sentence order: the
 cache is checked against the tokens of the data, not only their lengths) and ``crc32`` (zlib
 CRC-32 of each of the three arrays, written at commit). Files are read through memory maps and
-never loaded whole. Version 1 (no hash, no checksums) is refused with a request to rebuild.
+never loaded whole. Versions 1 (no hash, no checksums) and 2 (float16 probabilities, whose tail
+a temperature above 1 amplifies) are refused with a request to rebuild.
 
 A shard is written to ``.tmp`` in chunks of sentences; after each chunk the data is flushed
 and the chunk recorded (``done_sentences``) in the ``.tmp`` file's own header, so a build killed
@@ -48,19 +52,25 @@ from fairseq_seqkd.layout import cache_header, cache_shard, shard_range
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "fairseq-seqkd teacher top-k cache"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# what each version added, for the message that refuses an older cache
+VERSION_CHANGES = {2: "per-shard checksums and a hash of the target tokens",
+                   3: "float16 logits relative to the most probable token instead of float16 probabilities, "
+                      "whose tail (below 6e-5 inexact, below 3e-8 zero) put the top-k distribution off by up to "
+                      "tens of percent at --kd-temperature 2 or 4"}
 MAGIC_PREFIX = b"SEQKDTC"
 MAGIC = MAGIC_PREFIX + str(FORMAT_VERSION).encode("ascii")
 SHARD_HEADER_BYTES = 4096
 ALIGN = 64
-PROBS_DTYPE = "float16"
+LOGITS_DTYPE = "float16"
 OFFSETS_DTYPE = "int64"
-ARRAYS = ("offsets", "ids", "probs")
-# float16 bit patterns in [0, 1] are exactly those <= 0x3C00 (1.0): negatives, inf and NaN are above
-_FP16_ONE_BITS = 0x3C00
+ARRAYS = ("offsets", "ids", "logits")
+# float16 bit patterns as int16: 0 is +0, [-32768, -1024] are -0.0 down to -inf; the rest are
+# positive, or NaN (those in (-1024, 0))
+_FP16_NEG_INF_AS_INT16 = -1024
 _BLOCK_BYTES = 16 << 20  # reads for checksums and value scans
 # What must agree between the shards of one cache, and between a cache and a resumed build.
-IDENTITY_KEYS = ("format", "version", "split", "k", "ids_dtype", "probs_dtype", "vocab_size",
+IDENTITY_KEYS = ("format", "version", "split", "k", "ids_dtype", "logits_dtype", "vocab_size",
                  "teacher_checkpoint_sha256", "target_dictionary_sha256", "total_sentences", "num_shards")
 _SHARD_RE = re.compile(r"^(?P<split>.+)\.shard(?P<i>\d{4,})-of-(?P<n>\d{4,})\.bin(?P<tmp>\.tmp)?$")
 
@@ -82,17 +92,39 @@ def dictionary_hash(dictionary) -> str:
     return hashlib.sha256("\n".join(dictionary.symbols).encode("utf-8")).hexdigest()
 
 
+def topk_logits(lprobs: np.ndarray) -> np.ndarray:
+    """float16 log(p_i / p_1) of top-k log-probabilities sorted in decreasing order, (..., k): what a shard stores.
+
+    The renormalised (tempered) top-k distribution depends only on these differences. float16
+    rounds d = log(p_1 / p_i) to within d * 2^-11, so softmax(-d / T) is off by at most
+    2^-10 * E[d / T] <= 2^-10 * ln(k) in L1 (E under the tempered distribution, which is at most
+    its entropy), at every temperature: 2.0e-3 at k = 8; 4.1e-4 was the largest seen in
+    ``benchmarks/cache_precision.py``. Float16 probabilities (format 2) were off by up to 0.28
+    at T = 2 and 0.79 at T = 4 there.
+    """
+    lprobs = np.asarray(lprobs, dtype=np.float32)
+    return (lprobs - lprobs[..., :1]).astype(LOGITS_DTYPE)
+
+
+def bad_logit_rows(block: np.ndarray) -> np.ndarray:
+    """Rows of a (tokens, k) float16 logits block that no build writes: a first value other than 0,
+    or a value above 0 or NaN (-inf, a probability ratio below float16's range, is allowed)."""
+    bits = np.ascontiguousarray(block).view(np.int16)
+    wrong = (bits > _FP16_NEG_INF_AS_INT16) & (bits != 0)
+    return wrong.any(axis=1) | ((bits[:, 0] & 0x7FFF) != 0)
+
+
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
 def shard_layout(num_sentences: int, num_tokens: int, k: int, ids_dtype: str) -> dict[str, int]:
-    """Where a shard file's arrays start (``offsets_at``, ``ids_at``, ``probs_at``) and its size (``bytes``)."""
+    """Where a shard file's arrays start (``offsets_at``, ``ids_at``, ``logits_at``) and its size (``bytes``)."""
     offsets_at = SHARD_HEADER_BYTES
     ids_at = _align(offsets_at + 8 * (num_sentences + 1))
-    probs_at = _align(ids_at + num_tokens * k * np.dtype(ids_dtype).itemsize)
-    end = probs_at + num_tokens * k * np.dtype(PROBS_DTYPE).itemsize
-    return {"offsets_at": offsets_at, "ids_at": ids_at, "probs_at": probs_at, "bytes": end}
+    logits_at = _align(ids_at + num_tokens * k * np.dtype(ids_dtype).itemsize)
+    end = logits_at + num_tokens * k * np.dtype(LOGITS_DTYPE).itemsize
+    return {"offsets_at": offsets_at, "ids_at": ids_at, "logits_at": logits_at, "bytes": end}
 
 
 def _rebuild_hint(split: str, directory: str) -> str:
@@ -110,10 +142,14 @@ def _shard_fix(path: str, shard: dict) -> str:
 
 
 def _old_version_error(path: str, version: object) -> UserError:
+    try:
+        found = int(version)  # from a header's JSON, or the magic bytes' last character
+    except (TypeError, ValueError):
+        found = 0
+    newer = [f"version {v}: {what}" for v, what in VERSION_CHANGES.items() if v > found]
     return UserError(f"{path}: a version-{version} {FORMAT_NAME}, written by an older fairseq-seqkd; this one "
-                     f"reads version {FORMAT_VERSION} (which adds per-shard checksums and a hash of the target "
-                     "tokens). Delete the split's files of that cache (SPLIT.header.json, SPLIT.shard*) and "
-                     "rebuild it with `fairseq-seqkd cache`")
+                     f"reads version {FORMAT_VERSION} ({'; '.join(newer)}). Delete the split's files of that cache "
+                     "(SPLIT.header.json, SPLIT.shard*) and rebuild it with `fairseq-seqkd cache`")
 
 
 # ----------------------------------------------------------------------------- shard files
@@ -152,12 +188,12 @@ class ShardWriter:
             del offsets_map
             self.done = 0
         self.ids = _map(self.tmp, meta["ids_dtype"], "r+", layout["ids_at"], (ntok, k))
-        self.probs = _map(self.tmp, PROBS_DTYPE, "r+", layout["probs_at"], (ntok, k))
+        self.logits = _map(self.tmp, LOGITS_DTYPE, "r+", layout["logits_at"], (ntok, k))
         self.written = np.zeros(n, dtype=bool)
         self.written[:self.done] = True
 
-    def write(self, local_index: int, ids: np.ndarray, probs: np.ndarray) -> None:
-        """Store sentence ``first + local_index``: (length, k) ids and probs."""
+    def write(self, local_index: int, ids: np.ndarray, logits: np.ndarray) -> None:
+        """Store sentence ``first + local_index``: (length, k) ids and logits (:func:`topk_logits`)."""
         lo, hi = self.offsets[local_index], self.offsets[local_index + 1]
         if ids.shape[0] != hi - lo:
             raise UserError(f"{self.tmp}: sentence {self.header['first_sentence'] + local_index} has "
@@ -166,7 +202,7 @@ class ShardWriter:
         if self.written[local_index]:
             raise RuntimeError(f"sentence {self.header['first_sentence'] + local_index} came twice")
         self.ids[lo:hi] = ids
-        self.probs[lo:hi] = probs
+        self.logits[lo:hi] = logits
         self.written[local_index] = True
 
     def _check_written(self, lo: int, hi: int) -> None:
@@ -180,7 +216,7 @@ class ShardWriter:
                 "batching dropped sentences. Nothing was kept; report this with the command you ran.")
 
     def _flush(self) -> None:
-        for m in (self.ids, self.probs):
+        for m in (self.ids, self.logits):
             if isinstance(m, np.memmap):
                 m.flush()
 
@@ -202,7 +238,7 @@ class ShardWriter:
         """Check every sentence was written, flush, checksum, rename to the final name; return the header."""
         self._check_written(self.done, len(self.written))
         self._flush()
-        self.ids = self.probs = None
+        self.ids = self.logits = None
         self.header = {**self.header, "crc32": data_checksums(self.tmp, self.header)}
         self._write_header(self.header)
         os.replace(self.tmp, self.path)
@@ -210,7 +246,7 @@ class ShardWriter:
 
     def close(self) -> None:
         """Drop the memory maps and keep the ``.tmp`` with its recorded progress (an interrupted build)."""
-        self.ids = self.probs = None
+        self.ids = self.logits = None
 
     def abort(self) -> None:
         """Drop the temporary file."""
@@ -264,11 +300,11 @@ def _array_spans(header: dict) -> dict[str, tuple[int, int]]:
     n, ntok, k = header["num_sentences"], header["num_tokens"], header["k"]
     return {"offsets": (header["offsets_at"], 8 * (n + 1)),
             "ids": (header["ids_at"], ntok * k * np.dtype(header["ids_dtype"]).itemsize),
-            "probs": (header["probs_at"], ntok * k * np.dtype(header["probs_dtype"]).itemsize)}
+            "logits": (header["logits_at"], ntok * k * np.dtype(header["logits_dtype"]).itemsize)}
 
 
 def data_checksums(path: str, header: dict) -> dict[str, int]:
-    """zlib CRC-32 of each data array (offsets, ids, probs) of the shard file ``path``."""
+    """zlib CRC-32 of each data array (offsets, ids, logits) of the shard file ``path``."""
     buf = bytearray(_BLOCK_BYTES)
     view = memoryview(buf)
     out = {}

@@ -12,7 +12,6 @@ import numpy as np
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.teacher_cache.format import (
     _BLOCK_BYTES,
-    _FP16_ONE_BITS,
     FORMAT_NAME,
     FORMAT_VERSION,
     OFFSETS_DTYPE,
@@ -21,6 +20,7 @@ from fairseq_seqkd.teacher_cache.format import (
     _old_version_error,
     _rebuild_hint,
     _shard_fix,
+    bad_logit_rows,
     header_path,
     read_shard_header,
     verify_checksums,
@@ -28,7 +28,9 @@ from fairseq_seqkd.teacher_cache.format import (
 
 
 class TeacherCache:
-    """Read-only view of one split's cache: ``cache[i]`` is (ids, probs) of sentence i, (len, k) each.
+    """Read-only view of one split's cache: ``cache[i]`` is (ids, logits) of sentence i, (len, k) each.
+
+    ``logits`` are float16 log(p_i / p_1) (see :func:`~fairseq_seqkd.teacher_cache.format.topk_logits`).
 
     Memory maps are opened lazily on first access and dropped when pickled, so each DataLoader
     worker (or distributed rank) maps the files itself and RAM stays flat as the cache grows.
@@ -96,13 +98,13 @@ class TeacherCache:
         if not 0 <= index < len(self):
             raise IndexError(f"sentence {index} outside the {len(self)} of {self.header_file}")
         s = bisect.bisect_right(self._first, index) - 1
-        offsets, ids, probs = self._open()[s]
+        offsets, ids, logits = self._open()[s]
         j = index - self._first[s]
         lo, hi = int(offsets[j]), int(offsets[j + 1])
-        return ids[lo:hi], probs[lo:hi]
+        return ids[lo:hi], logits[lo:hi]
 
     def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(lengths, ids, probs) of sentences ``indices``: ids and probs (sum(lengths), k), concatenated in order.
+        """(lengths, ids, logits) of sentences ``indices``: ids and logits (sum(lengths), k), concatenated in order.
 
         One vectorized gather per shard touched instead of a Python call per sentence: the few
         hundred sentences of an 8k-token training batch cost about a millisecond, not tens.
@@ -132,18 +134,18 @@ class TeacherCache:
             lengths = np.empty_like(grouped_lengths)
             lengths[order] = grouped_lengths
         ids = np.empty((len(src), self.k), dtype=self.header["ids_dtype"])
-        probs = np.empty((len(src), self.k), dtype=self.header["probs_dtype"])
+        logits = np.empty((len(src), self.k), dtype=self.header["logits_dtype"])
         if order is None:  # one shard: the rows fill the output in order
             np.take(row_view(maps[0][1]), src, out=row_view(ids))
-            np.take(row_view(maps[0][2]), src, out=row_view(probs))
-            return lengths, ids, probs
+            np.take(row_view(maps[0][2]), src, out=row_view(logits))
+            return lengths, ids, logits
         starts = np.cumsum(lengths) - lengths  # where each sentence goes in the output
         dst = concat_ranges(starts[order], grouped_lengths)
         for s in touched:
             rows = slice(token_bounds[s], token_bounds[s + 1])
             row_view(ids)[dst[rows]] = row_view(maps[s][1])[src[rows]]
-            row_view(probs)[dst[rows]] = row_view(maps[s][2])[src[rows]]
-        return lengths, ids, probs
+            row_view(logits)[dst[rows]] = row_view(maps[s][2])[src[rows]]
+        return lengths, ids, logits
 
     def shard_lengths(self):
         """Yield (shard header, target length of each of its sentences), one shard at a time."""
@@ -159,13 +161,13 @@ class TeacherCache:
         """A scan at memory speed that stops damage from reaching training.
 
         Offsets start at 0, never decrease and end at the token count; every id lies below the
-        vocabulary size; every probability is in [0, 1] (no NaN). Cheaper than the checksums
+        vocabulary size; every logit is 0 first and <= 0 after (no NaN). Cheaper than the checksums
         (a max over the arrays, no hashing), though a damaged block of plausible values passes.
         """
         vocab = int(self.header["vocab_size"])
         for s in self.shards:
             # its own maps, read front to back: the training maps turn readahead off
-            offsets, ids, probs = _shard_arrays(s, mmap.MADV_SEQUENTIAL)
+            offsets, ids, logits = _shard_arrays(s, mmap.MADV_SEQUENTIAL)
             if offsets[0] != 0 or offsets[-1] != s["num_tokens"] or (np.diff(offsets) < 0).any():
                 raise UserError(f"{s['path']}: damaged: its sentence offsets are not a running count of "
                                 f"{s['num_tokens']} tokens. " + _shard_fix(s["path"], s))
@@ -177,11 +179,12 @@ class TeacherCache:
                     raise UserError(f"{s['path']}: damaged: token {lo + bad} of the shard holds id "
                                     f"{int(block[bad].max())}, outside the vocabulary of {vocab}. "
                                     + _shard_fix(s["path"], s))
-                bits = np.asarray(probs[lo:lo + rows]).view(np.uint16)
-                if bits.max() > _FP16_ONE_BITS:
-                    bad = np.flatnonzero((bits > _FP16_ONE_BITS).any(axis=1))[0]
-                    raise UserError(f"{s['path']}: damaged: token {lo + bad} of the shard holds a "
-                                    "probability outside [0, 1] (or NaN). " + _shard_fix(s["path"], s))
+                wrong = bad_logit_rows(np.asarray(logits[lo:lo + rows]))
+                if wrong.any():
+                    bad = np.flatnonzero(wrong)[0]
+                    raise UserError(f"{s['path']}: damaged: token {lo + bad} of the shard holds logits no build "
+                                    "writes (a first one other than 0, one above 0, or NaN). "
+                                    + _shard_fix(s["path"], s))
 
     def close(self) -> None:
         """Drop the memory maps (reopened lazily on the next access)."""
@@ -211,7 +214,7 @@ def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def _shard_arrays(shard: dict, advice: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(offsets, ids, probs) of a finished shard: read-only ndarrays over one memory map of its file."""
+    """(offsets, ids, logits) of a finished shard: read-only ndarrays over one memory map of its file."""
     n, ntok, k = shard["num_sentences"], shard["num_tokens"], shard["k"]
     with open(shard["path"], "rb") as f:
         view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # the map outlives the descriptor
@@ -226,4 +229,4 @@ def _shard_arrays(shard: dict, advice: int) -> tuple[np.ndarray, np.ndarray, np.
 
     return (array(OFFSETS_DTYPE, shard["offsets_at"], (n + 1,)),
             array(shard["ids_dtype"], shard["ids_at"], (ntok, k)),
-            array(shard["probs_dtype"], shard["probs_at"], (ntok, k)))
+            array(shard["logits_dtype"], shard["logits_at"], (ntok, k)))
