@@ -95,17 +95,24 @@ _KD_CHUNK_MIN_ELEMENTS = 1 << 20
 _KD_MAX_CHUNKS = 32
 
 
+def tempered_teacher(teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """q_tau: ``teacher_probs ** (1 / tau)`` renormalised over the last dimension, in float32 at least.
+
+    On the same support this equals softmax(teacher logits / tau); a row without mass stays 0.
+    """
+    q = teacher_probs.to(torch.promote_types(teacher_probs.dtype, torch.float32))
+    if temperature != 1.0:
+        q = q.pow(1.0 / temperature)
+    return q / q.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+
+
 def _kd_rows(student_lprobs: torch.Tensor, teacher_ids: torch.Tensor | None, teacher_probs: torch.Tensor,
              temperature: float) -> torch.Tensor:
     """tau^2 * H(q_tau, p_tau) of each row of (N, V) log-probs: the formula, on a whole batch or a chunk."""
-    # a float16 cache is computed in float32 (at least)
-    q = teacher_probs.to(torch.promote_types(teacher_probs.dtype, torch.float32))
     if temperature != 1.0:
         # log_softmax is shift-invariant: log-probs / tau give the same p_tau as logits / tau
         student_lprobs = F.log_softmax(student_lprobs / temperature, dim=-1)
-        # q^(1/tau) renormalised equals softmax(teacher logits / tau) on the same support
-        q = q.pow(1.0 / temperature)
-    q = q / q.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+    q = tempered_teacher(teacher_probs, temperature)
     lp = student_lprobs if teacher_ids is None else student_lprobs.gather(-1, teacher_ids.long())
     return -(temperature**2) * (q * lp).sum(dim=-1)
 
@@ -151,10 +158,7 @@ class _ChunkedKD(torch.autograd.Function):
         grad = torch.empty(lprobs.shape, dtype=lprobs.dtype, device=lprobs.device)
         # the same operations, in the same order, as autograd applies to _kd_rows, a chunk at a time
         for s in range(0, lprobs.size(0), step):
-            q = teacher_probs[s:s + step].to(torch.promote_types(teacher_probs.dtype, torch.float32))
-            if tau != 1.0:
-                q = q.pow(1.0 / tau)
-            q = q / q.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+            q = tempered_teacher(teacher_probs[s:s + step], tau)
             g = grad[s:s + step]
             coef = grad_out[s:s + step, None] * -(tau**2)
             if teacher_ids is None:
