@@ -1,8 +1,8 @@
 """What the teacher cache's integrity checks cost: checksums, the value scan, the target-token hash.
 
-Format version 2 of the cache adds per-shard CRC-32s (computed at commit, checked by
+Format version 2 of the cache added per-shard CRC-32s (computed at commit, checked by
 ``fairseq-seqkd cache --verify`` and by the merge), a value scan run whenever training loads
-the cache (offsets, ids < vocabulary, probabilities in [0, 1]), a sha256 of each shard's target
+the cache (offsets, ids < vocabulary, and since version 3 logits 0 first and <= 0), a sha256 of each shard's target
 token ids (compared with the data at training load and in ``--verify``) and a progress record
 per chunk of a shard being built. This measures each on synthetic data of WMT14's shape and
 extrapolates to WMT14 (135M target tokens, k = 8: a 4.3 GB cache, a 270 MB uint16 target side):

@@ -22,7 +22,7 @@ from fairseq_seqkd.io_utils import file_sha256
 from fairseq_seqkd.teacher_cache.build import build_cache
 from fairseq_seqkd.teacher_cache.checks import check_against_dataset
 from fairseq_seqkd.teacher_cache.dataset import attach_teacher_cache
-from fairseq_seqkd.teacher_cache.format import dictionary_hash, header_path, shard_path
+from fairseq_seqkd.teacher_cache.format import dictionary_hash, first_bad_logit_row, header_path, shard_path
 from fairseq_seqkd.teacher_cache.reader import TeacherCache
 
 
@@ -427,6 +427,18 @@ def test_damaged_shards_are_refused_by_verify_and_training_and_fixed_by_rebuildi
     assert build(toy_data_bin, toy_teacher, out, topk=8, num_shards=3, shard_id=1)["built"] == [1]
     cli_verify(toy_data_bin, out)
     assert victim.read_bytes() == intact
+
+
+def test_the_value_scan_refuses_logits_no_build_writes():
+    good = np.array([[0.0, -0.5, -30.0, -np.inf], [-0.0, -0.0, -1e-7, -65504.0]], dtype=np.float16)
+    assert first_bad_logit_row(good) is None
+    for value, at in ((0.25, 1), (np.nan, 2), (-np.nan, 3), (np.inf, 1), (-1.0, 0), (1e-7, 0)):
+        bad = np.repeat(good, 3, axis=0)
+        bad[4, at] = value
+        assert first_bad_logit_row(bad) == 4, (value, at)
+    nan_bits = good.copy()
+    nan_bits.view(np.uint16)[1, 2] = 0xFFFF  # a NaN with the sign bit: what 0xFF bytes read as
+    assert first_bad_logit_row(nan_bits) == 1
 
 
 @pytest.mark.parametrize("version", [1, 2])

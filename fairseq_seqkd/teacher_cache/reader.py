@@ -20,7 +20,7 @@ from fairseq_seqkd.teacher_cache.format import (
     _old_version_error,
     _rebuild_hint,
     _shard_fix,
-    bad_logit_rows,
+    first_bad_logit_row,
     header_path,
     read_shard_header,
     verify_checksums,
@@ -179,9 +179,8 @@ class TeacherCache:
                     raise UserError(f"{s['path']}: damaged: token {lo + bad} of the shard holds id "
                                     f"{int(block[bad].max())}, outside the vocabulary of {vocab}. "
                                     + _shard_fix(s["path"], s))
-                wrong = bad_logit_rows(np.asarray(logits[lo:lo + rows]))
-                if wrong.any():
-                    bad = np.flatnonzero(wrong)[0]
+                bad = first_bad_logit_row(np.asarray(logits[lo:lo + rows]))
+                if bad is not None:
                     raise UserError(f"{s['path']}: damaged: token {lo + bad} of the shard holds logits no build "
                                     "writes (a first one other than 0, one above 0, or NaN). "
                                     + _shard_fix(s["path"], s))
