@@ -222,7 +222,7 @@ def load_teacher_for_data(data: str, teacher_path: str, source_lang: str | None 
 def teacher_autocast(device: torch.device, dtype: torch.dtype):
     """The precision a float32 teacher runs in beside a student of ``dtype``.
 
-    On a GPU with a half-precision student (--fp16, --bf16): autocast in that dtype, so matrix
+    On a GPU with a half-precision student (--fp16): autocast in that dtype, so matrix
     products run in half precision while softmax, log-softmax and layer norm stay in float32
     (the teacher's weights are never cast). Under --amp fairseq's own autocast is already active.
     Elsewhere (a CPU, a float32 student): float32 throughout.

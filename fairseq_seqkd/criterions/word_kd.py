@@ -229,8 +229,9 @@ def word_kd_loss(
 
 _ONLINE_TEACHER_FIX = (
     "Check that the checkpoint translates (fairseq-generate --path TEACHER.pt). If it does and this runs on a GPU "
-    "under --fp16 or --amp, its activations overflow float16: train with --bf16, or build a teacher cache in "
-    "float32 (`fairseq-seqkd cache` without --fp16) and train from it (--task translation_kd --teacher-cache DIR)")
+    "under --fp16 or --amp, its activations overflow float16: build a teacher cache in float32 (`fairseq-seqkd "
+    "cache` without --fp16) and train from it (--task translation_kd --teacher-cache DIR), or train without "
+    "--fp16/--amp")
 
 
 @register_criterion("word_kd", dataclass=WordKDConfig)
