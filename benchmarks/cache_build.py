@@ -1,6 +1,6 @@
 """Teacher-cache build: bytes per token on disk, and build throughput vs a bare teacher forward pass.
 
-The cache should be compact (ids uint16 + probs float16: 4 bytes per entry, so 32 bytes per
+The cache should be compact (ids uint16 + logits float16: 4 bytes per entry, so 32 bytes per
 token at k=8, plus offsets and headers) and its build should run at about the speed of the
 teacher's forward pass: top-k, float16 conversion and the memory-mapped writes must not
 dominate.
@@ -115,7 +115,7 @@ def main() -> int:
         "tokens": header["num_tokens"],
         "cache_bytes": size,
         "ids_dtype": header["ids_dtype"],
-        "probs_dtype": header["probs_dtype"],
+        "logits_dtype": header["logits_dtype"],
         "vocab": header["vocab_size"],
         "teacher": TEACHER,
         "max_tokens": a.max_tokens,

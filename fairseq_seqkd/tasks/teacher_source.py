@@ -1,7 +1,7 @@
 """The ``--teacher-cache`` option of task ``translation_kd`` and its ``load_dataset`` hook.
 
 With a cache folder (built by ``fairseq-seqkd cache``), every split loaded is wrapped so that
-its batches carry ``teacher_topk_ids`` / ``teacher_topk_probs`` for criterion ``word_kd``.
+its batches carry ``teacher_topk_ids`` / ``teacher_topk_logits`` for criterion ``word_kd``.
 The training subset must have a cache; another split (valid, test) without one is left as is,
 and ``word_kd`` then uses its online teacher there (``--teacher-path``) or the NLL alone.
 """
