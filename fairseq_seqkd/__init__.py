@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 
 def register() -> None:
     """Register the ``word_kd`` criterion, the ``translation_kd`` task, torch's safe globals, the ranks'
-    loader of rank 0's checkpoint and atomic checkpoint copies; calling it again changes nothing."""
+    loader of rank 0's checkpoint, ranks launched by srun or torchrun without CUDA and atomic checkpoint
+    copies; calling it again changes nothing."""
     try:
         import fairseq  # noqa: F401
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -32,6 +33,9 @@ def register() -> None:
 
     register_safe_globals()
     install_trusted_checkpoint_broadcast()
+    from fairseq_seqkd.distributed_init import install_cpu_rank_init
+
+    install_cpu_rank_init()
     from fairseq_seqkd.checkpoints.save import install_atomic_checkpoint_copies
 
     install_atomic_checkpoint_copies()

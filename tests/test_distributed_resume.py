@@ -126,3 +126,23 @@ def test_only_the_broadcast_is_trusted_files_keep_the_weights_only_check(tmp_pat
     torch.save({"model": {}, "cfg": OmegaConf.create({"a": 1})}, path)
     with pytest.raises(pickle.UnpicklingError, match="DictConfig"):
         torch.load(path)
+
+
+def test_ranks_started_by_torchrun_train_on_cpu(toy_data_bin, trained_on_2_ranks, tmp_path):
+    """torchrun's environment (MASTER_ADDR, RANK, WORLD_SIZE) on a machine without CUDA: fairseq 0.12 takes
+    the rank modulo the number of GPUs (ZeroDivisionError); the plugin starts the ranks without a device.
+    The checkpoint is of the same kind as one written by ranks started one by one."""
+    save_dir = tmp_path / "torchrun"
+    proc = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", str(RANKS), "--no-python",
+         str(BIN / "fairseq-train"), str(toy_data_bin), "--user-dir", plugin_dir(), "--task", "translation_kd",
+         *TINY_TRANSFORMER, *TRAIN_COMMON, "--max-update", str(FIRST_UPDATES), "--save-dir", str(save_dir),
+         "--distributed-world-size", str(RANKS), "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"],
+        capture_output=True, text=True, timeout=TIMEOUT_S)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "distributed init (rank 1)" in log, log[-3000:]
+    ours, theirs = (load_checkpoint(str(d / "checkpoint_last.pt")) for d in (save_dir, trained_on_2_ranks))
+    assert ours["cfg"]["distributed_training"]["distributed_world_size"] == RANKS
+    assert {k: v.shape for k, v in ours["model"].items()} == {k: v.shape for k, v in theirs["model"].items()}
+    assert num_updates(save_dir / "checkpoint_last.pt") == FIRST_UPDATES
