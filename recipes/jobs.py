@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -115,14 +116,15 @@ def tail(path: str | os.PathLike, lines: int = TAIL_LINES) -> str:
 
 
 def run(cmd: Sequence, log: str | os.PathLike, threads: int = 1, stdout: str | os.PathLike | None = None,
-        stderr: str | os.PathLike | None = None, hold: IO[str] | None = None) -> None:
+        stderr: str | os.PathLike | None = None, hold: IO[str] | None = None, gpus: int = 0) -> None:
     """Run ``cmd``: its output is appended to ``log``, or its stdout goes into the file ``stdout``.
 
     ``stdout`` appears only once the command succeeded (written as ``stdout.tmp``, then renamed).
     ``stderr``: a file of its own (rewritten), ``"stdout"`` (into the same file), or the log. A
     failure raises :class:`JobFailed` naming the command, its exit status and the end of its output.
-    ``hold``: a :func:`folder_lock` the command inherits and holds while it lives. The command dies
-    with the process that started it (Snakemake killed: no orphan goes on writing).
+    ``hold``: a :func:`folder_lock` the command inherits and holds while it lives. ``gpus``: the GPUs
+    the command gets, its own for as long as it runs (:func:`gpu_slots`). The command dies with the
+    process that started it (Snakemake killed: no orphan goes on writing).
     """
     cmd = [PLUGIN_DIR if a == PLUGIN else a for a in args(cmd)]
     log = Path(log)
@@ -135,12 +137,13 @@ def run(cmd: Sequence, log: str | os.PathLike, threads: int = 1, stdout: str | o
     for path in (tmp, err_path):
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
     with contextlib.ExitStack() as stack:
+        gpu_env = stack.enter_context(gpu_slots(gpus, log))
+        t0 = time.monotonic()
         err = stack.enter_context(open(err_path, "a" if err_path == log else "w", encoding="utf-8"))
         out = err if tmp is None or err_path == tmp else stack.enter_context(open(tmp, "w", encoding="utf-8"))
         try:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=_env(threads),
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**_env(threads), **gpu_env},
                                     pass_fds=(hold.fileno(),) if hold is not None else (),
                                     preexec_fn=_die_with(os.getpid()))
         except FileNotFoundError as e:
@@ -160,6 +163,97 @@ def run(cmd: Sequence, log: str | os.PathLike, threads: int = 1, stdout: str | o
     if tmp is not None:
         os.replace(tmp, stdout)
     _say(f"{label} | done in {time.monotonic() - t0:.0f} s")
+
+
+# ---- the machine's GPUs, one job each ----
+
+GPU_LOCKS = "FAIRSEQ_SEQKD_GPU_LOCKS"  # the folder of the GPUs' locks (default: one per user in the temp folder)
+
+
+def machine_gpus() -> list[str]:
+    """The GPUs the jobs of a local run share: ``CUDA_VISIBLE_DEVICES`` when set (the user's choice), else
+    every device torch sees."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_lock_dir() -> Path:
+    """Where the GPUs' locks are: one folder for the machine (every run on it shares its GPUs)."""
+    default = Path(tempfile.gettempdir()) / f"fairseq-seqkd-gpus-{os.getuid()}"
+    return Path(os.environ.get(GPU_LOCKS) or default)
+
+
+@contextlib.contextmanager
+def gpu_slots(count: int, log: str | os.PathLike, gpus: Sequence[str] | None = None,
+              poll: float = 2.0) -> Iterator[dict[str, str]]:
+    """Hold ``count`` of the machine's GPUs while the block runs; yield the environment of the job's
+    commands: ``CUDA_VISIBLE_DEVICES`` of those GPUs (a training of N ranks gets N, fairseq sees only them).
+
+    Each GPU is an ``flock`` on ``GPU/ID.lock`` (:func:`gpu_lock_dir`), so no two jobs, of this run or of
+    another run on the machine, share one; a job waits (a line in its log) until enough are free (with
+    ``--resources gpu=N`` Snakemake starts no more jobs than there are GPUs, and none waits). Nothing is
+    held, and the environment is left as it is, for ``count`` 0, on a machine without GPUs, and inside a
+    SLURM job (SLURM gave the job its GPUs and set CUDA_VISIBLE_DEVICES).
+    """
+    if count <= 0 or "SLURM_JOB_ID" in os.environ:
+        yield {}
+        return
+    gpus = machine_gpus() if gpus is None else list(gpus)
+    if not gpus:
+        yield {}
+        return
+    if count > len(gpus):
+        raise JobFailed(f"a job of {count} GPUs on a machine that lets it use {len(gpus)} "
+                        f"(CUDA_VISIBLE_DEVICES={','.join(gpus)}): set train_ranks to at most {len(gpus)}")
+    folder = gpu_lock_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    held: list[tuple[str, IO[str]]] = []
+    waited = False
+    try:
+        while True:
+            for gpu in gpus:
+                if len(held) == count:
+                    break
+                f = open(folder / f"{gpu}.lock", "a+", encoding="utf-8")
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.close()
+                    continue
+                _hold(f, os.getpid(), [f"GPU {gpu}", str(log)])
+                held.append((gpu, f))
+            if len(held) == count:
+                break
+            for _, f in held:  # all or none: two jobs each holding half of what both need would wait forever
+                f.close()
+            held = []
+            if not waited:
+                _note(log, f"waiting for {count} free GPU(s) of {','.join(gpus)} (locks in {folder})")
+                waited = True
+            time.sleep(poll)
+        ids = ",".join(gpu for gpu, _ in held)
+        _note(log, f"on GPU {ids} (CUDA_VISIBLE_DEVICES={ids})")
+        yield {"CUDA_VISIBLE_DEVICES": ids}
+    finally:
+        for _, f in held:
+            f.close()
+
+
+def job_gpus(config: dict, kind: str) -> int:
+    """The GPUs of a job of ``kind``: a training one per rank (``train_ranks``), a gpu job one (fairseq-generate
+    and the cache builder use one), a cpu job none; none at all with ``device: cpu`` or ``slurm_gpus: 0``."""
+    if str(config["slurm_gpus"] or 0) not in ("0", "1"):
+        raise ValueError(f"slurm_gpus: {config['slurm_gpus']!r}; 1 (a gpu job one GPU, a training one per rank: "
+                         f"set train_ranks for more) or 0 (no GPUs)")
+    if config["device"] == "cpu" or kind == "cpu" or not int(config["slurm_gpus"] or 0):
+        return 0
+    return training_ranks(config) if kind in ("teacher", "train") else 1
 
 
 _PR_SET_PDEATHSIG = 1
@@ -339,7 +433,7 @@ def check_resume(save_dir: str | os.PathLike, log: str | os.PathLike) -> None:
 
 
 def run_chunks(cmds: Sequence[Sequence], output: str | os.PathLike, log: str | os.PathLike, inputs: Sequence,
-               threads: int = 1, device: Sequence = ()) -> None:
+               threads: int = 1, device: Sequence = (), gpus: int = 0) -> None:
     """Run commands that each print one chunk of ``output``, then join the chunks into ``output``.
 
     Chunk ``c`` is written to ``OUTPUT.chunks/chunkC.txt`` (through a ``.tmp`` and a rename, its
@@ -356,7 +450,7 @@ def run_chunks(cmds: Sequence[Sequence], output: str | os.PathLike, log: str | o
             if path.exists():
                 _note(log, f"{path}: chunk {c + 1} of {len(cmds)} finished before: not run again")
                 continue
-            run([*args(cmd), *device], log, threads, stdout=path, stderr=f"{path}.log", hold=lock)
+            run([*args(cmd), *device], log, threads, stdout=path, stderr=f"{path}.log", hold=lock, gpus=gpus)
         tmp = Path(f"{output}.tmp")
         try:
             with open(tmp, "wb") as out:
@@ -371,18 +465,23 @@ def run_chunks(cmds: Sequence[Sequence], output: str | os.PathLike, log: str | o
 
 
 def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str | os.PathLike,
-          log: str | os.PathLike, inputs: Sequence, threads: int = 1, device: Sequence = ()) -> None:
+          log: str | os.PathLike, inputs: Sequence, threads: int = 1, device: Sequence = (),
+          launcher: Sequence = (), gpus: int = 0) -> None:
     """Run a fairseq-train command into ``save_dir``, resuming it if it is the same training.
 
-    The fingerprint is ``cmd`` and ``inputs``; ``device`` (--cpu, --fp16) is added to the command
-    only when it runs, so a training moved from one machine to another resumes. The folder is locked
+    The fingerprint is ``cmd``, ``inputs`` and the precision options among ``device`` (fp16, amp: each
+    its own kind of optimizer, which fairseq cannot resume across); the rest of ``device`` (--cpu) is
+    added to the command and ``launcher`` (srun, torchrun) put before it only when it runs, so a training
+    moved from one machine to another of the same precision resumes. The folder is locked
     (one writer), a training of other settings is kept aside and one of these settings brought back
     (:func:`own_folder`), a torn checkpoint_last.pt falls back (:func:`check_resume`). ``done`` is
     written at the end, and a copy inside the folder (train.json): the checkpoint passed on, the
     seconds this attempt took and the command; a folder brought back finished is not trained again.
     """
     with folder_lock(save_dir, cmd) as lock:
-        own_folder(save_dir, cmd, inputs, log, keep=True)
+        # the precision is part of what the training is: fairseq resumes a checkpoint only with the same kind
+        # of optimizer (an fp16 run's FP16Optimizer, an fp32 run's plain one)
+        own_folder(save_dir, [*args(cmd), *precision_args(device)], inputs, log, keep=True)
         record = Path(save_dir) / DONE_RECORD
         ckpt = Path(save_dir) / checkpoint
         if record.exists() and ckpt.exists() and whole_checkpoint(ckpt):
@@ -390,11 +489,11 @@ def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str
             info = json.loads(record.read_text(encoding="utf-8"))
         else:
             check_resume(save_dir, log)
-            full = [*args(cmd), *args(device)]
+            full = [*args(launcher), *args(cmd), *args(device)]
             t0 = time.monotonic()
             stopped = Path(layout.stopped_on_signal(save_dir))
             stopped.unlink(missing_ok=True)
-            run(full, log, threads, hold=lock)
+            run(full, log, threads, hold=lock, gpus=gpus)
             if stopped.exists():  # saved on a cluster's warning before its time limit: not finished
                 updates = json.loads(stopped.read_text(encoding="utf-8"))["num_updates"]
                 stopped.unlink()
@@ -406,6 +505,15 @@ def train(cmd: Sequence, save_dir: str | os.PathLike, checkpoint: str, done: str
             info = {"checkpoint": str(ckpt), "seconds": round(time.monotonic() - t0, 1), "command": full}
             atomic_write_json(record, info)
         atomic_write_json(done, info)
+
+
+PRECISION_OPTIONS = ("--fp16", "--memory-efficient-fp16", "--amp", "--bf16", "--memory-efficient-bf16")
+
+
+def precision_args(device: Sequence) -> list[str]:
+    """The options of ``device`` that decide a training's precision, and with it its fairseq optimizer
+    (FP16Optimizer, MemoryEfficientFP16Optimizer, AMPOptimizer or the plain one); none for fp32."""
+    return [a for a in args(device) if a in PRECISION_OPTIONS]
 
 
 def _note(log: str | os.PathLike, text: str) -> None:
@@ -637,7 +745,14 @@ def slurm_resources(config: dict, kind: str) -> dict:
         raise ValueError(f"slurm_jobs.{kind}: {row!r}; give whole numbers, e.g. {{mem_mb: 32000, runtime: 720}} "
                          "(MB, minutes)")
     resources = {"mem_mb": int(row["mem_mb"]), "runtime": int(row["runtime"])}
-    gpus = int(config["slurm_gpus"] or 0) if config["device"] != "cpu" and kind != "cpu" else 0
+    gpus = job_gpus(config, kind)
+    ranks = training_ranks(config)
+    if kind in ("teacher", "train") and ranks > 1 and srun_launched(config):
+        # one job of N tasks; the plugin's MPI job: no `srun -n1` around the job, the launcher's srun starts
+        # the N ranks (one GPU each)
+        resources.update(mpi="srun", tasks=ranks)
+        if gpus:
+            resources["tasks_per_gpu"] = 1
     partition = (config["slurm_gpu_partition"] if gpus else None) or config["slurm_partition"]
     if partition:
         resources["slurm_partition"] = str(partition)
@@ -654,6 +769,49 @@ def slurm_resources(config: dict, kind: str) -> dict:
                              f"runtime ({resources['runtime']} minutes)")
         resources["slurm_extra"] = f"--signal=URG@{warning}"
     return resources
+
+
+def training_ranks(config: dict) -> int:
+    """The ranks of every training (``train_ranks``; 1 when unset: fairseq's default applies)."""
+    ranks = config["train_ranks"]
+    if ranks is None:
+        return 1
+    if not str(ranks).isdecimal() or int(ranks) < 1:
+        raise ValueError(f"train_ranks: {ranks!r}; give a whole number of ranks, e.g. 8, or null")
+    return int(ranks)
+
+
+def srun_launched(config: dict) -> bool:
+    """Whether the trainings are started by SLURM's ``srun`` (``train_launcher: [srun, ...]``)."""
+    launcher = args(config["train_launcher"])
+    return bool(launcher) and os.path.basename(launcher[0]) == "srun"
+
+
+def train_launcher(config: dict) -> list[str]:
+    """The command before ``fairseq-train``: ``train_launcher``, and for ``srun`` with N ranks its task count
+    (a SLURM job's step would otherwise start one task) and ``--kill-on-bad-exit`` (a rank that dies ends
+    the others, which would wait for it in a collective until the time limit)."""
+    launcher = args(config["train_launcher"])
+    ranks = training_ranks(config)
+    if srun_launched(config) and ranks > 1:
+        given = {a.split("=")[0] for a in launcher[1:]}
+        if not given & {"-n", "--ntasks"}:
+            launcher += ["--ntasks", str(ranks)]
+        if "--kill-on-bad-exit" not in given and "-K" not in given:
+            launcher += ["--kill-on-bad-exit=1"]
+    return launcher
+
+
+def world_size_args(config: dict) -> list[str]:
+    """``--distributed-world-size N`` of ``train_ranks`` (none when unset: fairseq's default, every GPU)."""
+    return [] if config["train_ranks"] is None else ["--distributed-world-size", str(training_ranks(config))]
+
+
+def rank_device_args(config: dict, gpu: bool) -> list[str]:
+    """What ranks without a GPU need: gloo and fairseq's legacy DDP (NCCL and the c10d wrapper need CUDA)."""
+    if training_ranks(config) > 1 and not gpu:
+        return ["--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
+    return []
 
 
 def ratio_name(ratio) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -182,3 +183,119 @@ def test_sbatch_options_of_each_kind_by_the_executor_plugin():
     assert lines["train"].endswith("--gpus=a100:1"), lines["train"]
     assert "-p cpu -t 480 --mem 32000 --ntasks=1 --cpus-per-task=8 -D DIR" in lines["cpu"], lines["cpu"]
     assert "gpus" not in lines["cpu"] and "signal" not in lines["cpu"]
+
+
+def test_ranks_launched_by_srun_are_one_job_of_n_tasks():
+    """train_ranks: 2 with train_launcher [srun]: each training is one SLURM job of 2 tasks (the plugin's MPI
+    job: its step is the launcher's srun, one rank a task, one GPU each); the launcher gets the task count."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    class Resources(dict):
+        __getattr__ = dict.get
+
+    config = _slurm_settings(train_ranks=2, train_launcher=["srun"], slurm_gpus=1)
+    train = jobs.slurm_resources(config, "train")
+    assert train["mpi"] == "srun" and train["tasks"] == 2 and train["gpu"] == 2 and train["tasks_per_gpu"] == 1
+    assert "mpi" not in jobs.slurm_resources(config, "gpu")  # only the trainings have ranks
+    job = SimpleNamespace(resources=Resources(train), threads=4)
+    params = {"run_uuid": "RUN", "slurm_logfile": "LOG", "comment_str": "rule", "account": "", "partition": "",
+              "workdir": "DIR"}
+    line = get_submit_command(job, params) + set_gres_string(job)
+    assert "--ntasks-per-gpu=1 --ntasks=2 --cpus-per-task=4" in line and line.endswith("--gpus=2"), line
+    cpu = jobs.slurm_resources(_slurm_settings(train_ranks=2, train_launcher=["srun"], device="cpu"), "teacher")
+    assert cpu["tasks"] == 2 and "gpu" not in cpu and "tasks_per_gpu" not in cpu
+    # without srun (fairseq spawns a process per GPU, or torchrun does) a training is an ordinary job
+    assert "mpi" not in jobs.slurm_resources(_slurm_settings(train_ranks=2), "train")
+
+    assert jobs.train_launcher(config) == ["srun", "--ntasks", "2", "--kill-on-bad-exit=1"]
+    assert jobs.train_launcher({**config, "train_launcher": ["srun", "-n", "2", "-K"]}) == ["srun", "-n", "2", "-K"]
+    assert jobs.train_launcher(_slurm_settings(train_launcher=["srun"])) == ["srun"]  # one rank: as given
+    assert jobs.world_size_args(config) == ["--distributed-world-size", "2"]
+    assert jobs.world_size_args(_slurm_settings()) == []  # fairseq's default: every GPU
+    assert jobs.rank_device_args(config, gpu=False) == ["--distributed-backend", "gloo", "--ddp-backend",
+                                                        "legacy_ddp"]
+    assert jobs.rank_device_args(config, gpu=True) == []
+    with pytest.raises(ValueError, match="train_ranks"):
+        jobs.training_ranks(_slurm_settings(train_ranks="two"))
+
+
+# ---- one GPU per job: the machine's GPUs simulated by CUDA_VISIBLE_DEVICES (jobs.machine_gpus) ----
+
+@pytest.fixture
+def four_gpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.setenv(jobs.GPU_LOCKS, str(tmp_path / "gpu-locks"))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    return tmp_path
+
+
+def test_each_job_holds_its_own_gpus_and_waits_for_free_ones(four_gpus):
+    import threading
+
+    log = four_gpus / "job.log"
+    with jobs.gpu_slots(1, log) as a, jobs.gpu_slots(2, log) as b:
+        assert (a, b) == ({"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1,2"})
+        got = {}
+        waiting = threading.Thread(target=lambda: got.update(_hold_slots(2, log, seconds=0)))
+        waiting.start()  # two GPUs, one free: it waits, holding none (all or none)
+        time.sleep(0.5)
+        assert waiting.is_alive() and "waiting for 2 free GPU(s)" in log.read_text()
+        with jobs.gpu_slots(1, log, poll=0.05) as c:  # the one free GPU is not held by the waiting job
+            assert c == {"CUDA_VISIBLE_DEVICES": "3"}
+    waiting.join(timeout=10)
+    assert got["CUDA_VISIBLE_DEVICES"] in ("0,1", "0,2", "1,2", "0,3", "1,3", "2,3")
+    with pytest.raises(jobs.JobFailed, match="a job of 5 GPUs on a machine that lets it use 4"):
+        with jobs.gpu_slots(5, log):
+            pass
+
+
+def _hold_slots(count, log, seconds):
+    with jobs.gpu_slots(count, log, poll=0.05) as env:
+        time.sleep(seconds)
+        return env
+
+
+def test_no_gpu_no_lock_and_slurm_jobs_keep_their_allocation(four_gpus, monkeypatch):
+    log = four_gpus / "job.log"
+    with jobs.gpu_slots(0, log) as env:
+        assert env == {}
+    monkeypatch.setenv("SLURM_JOB_ID", "42")  # SLURM set CUDA_VISIBLE_DEVICES for the job: left as it is
+    with jobs.gpu_slots(2, log) as env:
+        assert env == {}
+    monkeypatch.delenv("SLURM_JOB_ID")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with jobs.gpu_slots(1, log) as env:  # no GPU on this machine
+        assert env == {}
+
+
+def test_jobs_side_by_side_see_different_gpus(four_gpus):
+    """The commands of two jobs running at once (jobs.run, as the pipeline's rules call it), each given 2 GPUs:
+    each sees its own two in CUDA_VISIBLE_DEVICES, and the GPUs are free again after."""
+    import threading
+
+    script = "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(1)"
+    outs = [four_gpus / f"job{i}.txt" for i in range(2)]
+    threads = [threading.Thread(target=jobs.run, args=([sys.executable, "-c", script], four_gpus / f"job{i}.log"),
+                                kwargs={"stdout": out, "gpus": 2}) for i, out in enumerate(outs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    seen = [out.read_text().strip() for out in outs]
+    assert sorted(seen) == ["0,1", "2,3"], seen
+    assert "on GPU" in (four_gpus / "job0.log").read_text()
+    with jobs.gpu_slots(4, four_gpus / "after.log") as env:
+        assert env == {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+
+
+def test_each_kind_of_job_asks_for_its_gpus():
+    config = _slurm_settings(train_ranks=4)
+    assert [jobs.job_gpus(config, k) for k in jobs.SLURM_KINDS] == [4, 4, 1, 0]  # teacher, train, gpu, cpu
+    assert jobs.job_gpus(_slurm_settings(), "train") == 1  # train_ranks unset: one GPU
+    assert jobs.job_gpus(_slurm_settings(device="cpu", train_ranks=4), "train") == 0
+    assert jobs.slurm_resources(config, "train")["gpu"] == 4  # a local run's --resources gpu=N counts these
+    with pytest.raises(ValueError, match="slurm_gpus: 4; 1 .* set train_ranks"):
+        jobs.job_gpus(_slurm_settings(slurm_gpus=4), "gpu")

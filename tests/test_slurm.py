@@ -2,8 +2,9 @@
 as root), Snakemake's SLURM executor plugin, the profile recipes/profiles/slurm-local.
 
 One SMOKE run from an empty folder, every job but the local ones a SLURM job, its report the same as a local
-run's; then, on copies of it: a training stopped at its time limit's warning and resumed by the retry, and a
-job cancelled by hand. Without a cluster (not root, no sbatch) the tests skip.
+run's; then, on copies of it: a training stopped at its time limit's warning and resumed by the retry, then
+cancelled by hand; a training of 2 ranks started by srun. Without a cluster (not root, no sbatch) the tests
+skip.
 """
 
 from __future__ import annotations
@@ -96,52 +97,72 @@ def test_the_report_is_a_local_runs(slurm_run, tmp_path):
             assert local[name][key] == slurm[name][key], (name, key, local[name][key], slurm[name][key])
 
 
-def running_job(proc: subprocess.Popen, rule: str, log: Path, started: str = "| train | epoch") -> str:
-    """The SLURM job id of ``rule``'s job once it runs and the part of its log written since the call shows
-    ``started`` (the first epoch's end: training is under way); a test's one job at a time."""
+def running_job(proc: subprocess.Popen, rule: str, log: Path, started: str = "| train | epoch",
+                other_than: tuple[str, ...] = ()) -> str:
+    """The SLURM job id of ``rule``'s job (not one of ``other_than``) once it runs and the part of its log
+    written since the call shows ``started`` (the first epoch's end: training is under way); a test's one
+    job at a time."""
     before = log.stat().st_size if log.exists() else 0
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         running = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %k"], capture_output=True,
                                  text=True).stdout  # %k: the comment the plugin sets, rule_NAME_...
-        job = next((line.split()[0] for line in running.splitlines() if f"rule_{rule}" in line), None)
+        job = next((line.split()[0] for line in running.splitlines()
+                    if f"rule_{rule}" in line and line.split()[0] not in other_than), None)
         if job is not None and log.exists() and started.encode() in log.read_bytes()[before:]:
             return job
         time.sleep(1)
     raise AssertionError(f"{rule} never ran as a SLURM job (recipe exit: {proc.poll()})")
 
 
-def test_the_time_limit_warning_saves_and_the_retry_resumes(slurm_run, tmp_path):
+def test_the_time_limit_warning_saves_the_retry_resumes_and_a_cancelled_job_fails_the_run(slurm_run, tmp_path):
     """SLURM's warning before the time limit (--signal=URG@S: SIGURG to every process of the job's steps),
-    sent here by scancel -s URG at a known moment: the training saves, stops and fails; the profile's retry
-    resubmits it, it resumes from that update, and the run completes."""
+    sent here by scancel -s URG at a known moment: the training saves, stops and fails; the retry resubmits
+    it and it resumes from that update. That retry cancelled by hand (scancel): the run fails (no retry
+    left), nothing of the job looks finished, and a rerun completes."""
     run = copy_run(slurm_run, tmp_path / "warning")
     log = run / "logs/train_baseline.log"
     long = (*TRIM, "student_steps=[--max-update, 600, --max-epoch, 100000]")
-    proc = start_recipe(RECIPE, run, "--profile", PROFILE, "--until", "train_baseline", *long)
+    proc = start_recipe(RECIPE, run, "--profile", PROFILE, "--retries", "1", "--until", "train_baseline", *long)
     first = running_job(proc, "train_baseline", log)
     subprocess.run(["scancel", "-s", "URG", first], check=True)
-    finish(RECIPE, proc)
-    ids = slurm_jobs(run)["train_baseline"]
-    states = sacct_states(ids)
-    assert ids[0] == first and states[first] == "FAILED" and states[ids[-1]] == "COMPLETED", states
+    retry = running_job(proc, "train_baseline", log, "Loaded checkpoint", other_than=(first,))  # resumed
+    subprocess.run(["scancel", retry], check=True)
+    failed = finish(RECIPE, proc, check=False)
+    assert failed.returncode != 0, failed.stderr[-3000:]
+    assert sacct_states([first, retry]) == {first: "FAILED", retry: "CANCELLED"}
+    assert slurm_jobs(run)["train_baseline"] == [first, retry]
     text = log.read_text()
     saved = int(re.search(r"got SIGURG .* saving a checkpoint at update (\d+)", text).group(1))
     assert 0 < saved < 600
     # the retry: fairseq's "Loaded checkpoint ... (epoch E @ N updates)"
     assert f"@ {saved} updates)" in text.split("got SIGURG")[1]
-    assert json.loads((run / "baseline/train.done").read_text())["checkpoint"].endswith("checkpoint_last.pt")
-
-
-def test_a_cancelled_job_fails_the_run_and_a_rerun_completes(slurm_run, tmp_path):
-    run = copy_run(slurm_run, tmp_path / "cancel")
-    long = (*TRIM, "student_steps=[--max-update, 600, --max-epoch, 100000]")
-    proc = start_recipe(RECIPE, run, "--profile", PROFILE, "--retries", "0", "--until", "train_baseline", *long)
-    job = running_job(proc, "train_baseline", run / "logs/train_baseline.log")
-    subprocess.run(["scancel", job], check=True)
-    failed = finish(RECIPE, proc, check=False)
-    assert failed.returncode != 0, failed.stderr[-3000:]
-    assert sacct_states([job])[job] == "CANCELLED"
     assert not (run / "baseline/train.done").exists()  # nothing of the cancelled job looks finished
+
     run_recipe(RECIPE, run, "--profile", PROFILE, "--until", "train_baseline", *long)
-    assert (run / "baseline/train.done").exists()
+    assert json.loads((run / "baseline/train.done").read_text())["checkpoint"].endswith("checkpoint_last.pt")
+    assert sacct_states(slurm_jobs(run)["train_baseline"][2:]) == {slurm_jobs(run)["train_baseline"][2]: "COMPLETED"}
+
+
+def test_a_training_of_2_ranks_started_by_srun(slurm_run, tmp_path):
+    """train_ranks: 2 with train_launcher [srun]: the baseline's training is one SLURM job of 2 tasks, whose
+    srun step starts fairseq's 2 ranks (gloo: no CUDA here); its checkpoint is of the kind one process writes.
+    A new training (the world size is part of it): the one-process training is kept aside, not lost."""
+    run = copy_run(slurm_run, tmp_path / "ranks")
+    run_recipe(RECIPE, run, "--profile", PROFILE, "--until", "train_baseline", *TRIM, "train_ranks=2",
+               "train_launcher=[srun]")
+    [job] = slurm_jobs(run)["train_baseline"]
+    steps = subprocess.run(["sacct", "-n", "-P", "-o", "JobID,NTasks,State", "-j", job], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert f"{job}.0|2|COMPLETED" in steps, steps  # the srun step: 2 tasks
+    assert "distributed init (rank 1)" in (run / "logs/train_baseline.log").read_text()
+    ranks, one = (torch_load(d / "baseline/checkpoint_last.pt") for d in (run, slurm_run["run"]))
+    assert ranks["cfg"]["distributed_training"]["distributed_world_size"] == 2
+    assert {k: v.shape for k, v in ranks["model"].items()} == {k: v.shape for k, v in one["model"].items()}
+    assert list((run / "superseded").glob("baseline.*/checkpoint_last.pt")), "the one-process baseline is gone"
+
+
+def torch_load(path: Path) -> dict:
+    from fairseq_seqkd.checkpoints.storage import load_checkpoint
+
+    return load_checkpoint(str(path))
