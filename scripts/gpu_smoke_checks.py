@@ -27,7 +27,9 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULTS_YAML = os.path.join(ROOT, "recipes", "config", "defaults.yaml")
+# the recipes' generate_args (every generation; Seq-Inter's beam 35 among them): the defaults, then the WMT14
+# recipe's own (the transformer-base teacher the memory model is for) where it sets them
+RECIPE_CONFIGS = [os.path.join(ROOT, "recipes", "config", name) for name in ("defaults.yaml", "wmt14_en_de.yaml")]
 # the fit of benchmarks/beam_memory.py on its full grid (fp32, CPU; docs/scale.md, "The fitted model")
 DOCS_FIT = {"c0": 8.6e6, "c_t": 26610.0, "c_s": 29525.0, "c_st": 0.0, "c_h": 394075.0}
 GIB = 1024**3
@@ -108,16 +110,19 @@ def losses(a: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- beam memory
 
 
-def recipe_generate_args(path: str = DEFAULTS_YAML) -> dict[str, float]:
-    """--max-tokens, --batch-size, --max-len-a, --max-len-b of the recipes' generate_args."""
+def recipe_generate_args(paths: list[str] = RECIPE_CONFIGS) -> dict[str, float]:
+    """--max-tokens, --batch-size, --max-len-a, --max-len-b of generate_args in the last of ``paths`` that sets it."""
     import yaml
 
-    with open(path, encoding="utf-8") as f:
-        args = [str(x) for x in yaml.safe_load(f)["generate_args"]]
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+        if "generate_args" in config:
+            args, source = [str(x) for x in config["generate_args"]], path
     found = {}
     for key in ("--max-tokens", "--batch-size", "--max-len-a", "--max-len-b"):
         if key not in args:
-            raise SystemExit(f"{path}: generate_args has no {key}; pass it to this check")
+            raise SystemExit(f"{source}: generate_args has no {key}: this check needs all four")
         found[key] = float(args[args.index(key) + 1])
     return found
 
