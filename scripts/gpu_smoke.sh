@@ -48,6 +48,9 @@
 # "AMP: overflow detected"): the count is printed, and the path FAILs when more than
 # MAX_OVERFLOW_PCT percent of its steps overflowed or "Minimum loss scale reached" appears (fairseq
 # skips a NaN batch as an overflow: a finite logged loss does not mean none was NaN).
+
+# ${PREC[...]} is one option, or nothing in CPU mode: expanded unquoted on purpose
+# shellcheck disable=SC2086
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
