@@ -94,11 +94,29 @@ def uses_gpu(device: str) -> bool:
     return device == "gpu" or (device == "auto" and gpu_available())
 
 
-def device_args(device: str, gpu_args: Sequence = ()) -> list[str]:
-    """``--cpu`` without a GPU; on a GPU, ``gpu_args`` (a training's or the teacher's half precision)."""
-    if not uses_gpu(device):
-        return ["--cpu"]
-    return args(gpu_args)
+DEVICE_JOBS = {"train": "fp16_args", "generate": "generate_fp16_args", "cache": "cache_fp16_args", "evaluate": None}
+
+
+def device_options(config: dict, job: str, threads: int = 1, gpu: bool | None = None) -> list[str]:
+    """The options a ``job`` (train, generate, cache, evaluate) adds to its model command where it runs, on
+    this machine: not part of what it makes, so a job moved between machines resumes.
+
+    Without a GPU: ``--cpu`` (and a training's ranks gloo and legacy DDP). On a GPU: the job's half precision
+    (``fp16_args``, ``generate_fp16_args``, ``cache_fp16_args``; the evaluations run in fp32), and for a
+    training and the cache build data-loading workers, half the job's threads (at least 1), unless its own
+    options set ``--num-workers`` (fairseq's default of 1 starves a GPU that 8 threads could feed).
+    """
+    if job not in DEVICE_JOBS:
+        raise ValueError(f"device options of a {job!r} job: one of {', '.join(DEVICE_JOBS)}")
+    gpu = uses_gpu(config["device"]) if gpu is None else gpu
+    out = ["--cpu"] if not gpu else args(config[DEVICE_JOBS[job]]) if DEVICE_JOBS[job] else []
+    if job == "train":
+        out += rank_device_args(config, gpu)
+    given = args(config["train_args"]) + args(config["extra_train_args"]) if job == "train" else \
+        args(config["cache_args"]) if job == "cache" else []
+    if gpu and job in ("train", "cache") and "--num-workers" not in given:
+        out += ["--num-workers", str(max(1, int(threads) // 2))]
+    return out
 
 
 def _env(threads: int) -> dict[str, str]:

@@ -276,7 +276,12 @@ def test_jobs_side_by_side_see_different_gpus(four_gpus):
     each sees its own two in CUDA_VISIBLE_DEVICES, and the GPUs are free again after."""
     import threading
 
-    script = "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(1)"
+    # each command waits (up to 20 s) until both run: two jobs that ran one after the other fail the test
+    script = ("import os, sys, time; gpus = os.environ['CUDA_VISIBLE_DEVICES']; print(gpus)\n"
+              f"open(os.path.join({str(four_gpus)!r}, gpus + '.started'), 'w').close()\n"
+              "t = time.monotonic()\n"
+              f"while len([n for n in os.listdir({str(four_gpus)!r}) if n.endswith('.started')]) < 2 "
+              "and time.monotonic() - t < 20: time.sleep(0.05)\n")
     outs = [four_gpus / f"job{i}.txt" for i in range(2)]
     threads = [threading.Thread(target=jobs.run, args=([sys.executable, "-c", script], four_gpus / f"job{i}.log"),
                                 kwargs={"stdout": out, "gpus": 2}) for i, out in enumerate(outs)]
@@ -299,3 +304,20 @@ def test_each_kind_of_job_asks_for_its_gpus():
     assert jobs.slurm_resources(config, "train")["gpu"] == 4  # a local run's --resources gpu=N counts these
     with pytest.raises(ValueError, match="slurm_gpus: 4; 1 .* set train_ranks"):
         jobs.job_gpus(_slurm_settings(slurm_gpus=4), "gpu")
+
+
+def test_what_each_job_adds_on_a_cpu_and_on_a_gpu():
+    config = _slurm_settings(train_args=["--max-tokens", 4096], cache_args=[])
+    assert jobs.device_options(config, "train", 8, gpu=False) == ["--cpu"]
+    assert jobs.device_options(config, "train", 8, gpu=True) == ["--fp16", "--num-workers", "4"]
+    assert jobs.device_options(config, "generate", 8, gpu=True) == ["--fp16"]
+    assert jobs.device_options(config, "cache", 8, gpu=True) == ["--fp16", "--num-workers", "4"]
+    assert jobs.device_options(config, "evaluate", 8, gpu=True) == []  # scored in fp32
+    assert jobs.device_options(config, "cache", 1, gpu=True)[-2:] == ["--num-workers", "1"]
+    # the user's own --num-workers wins; a CPU training of 2 ranks talks over gloo
+    own = {**config, "train_args": ["--num-workers", 0], "train_ranks": 2}
+    assert jobs.device_options(own, "train", 8, gpu=True) == ["--fp16"]
+    assert jobs.device_options(own, "train", 8, gpu=False) == ["--cpu", "--distributed-backend", "gloo",
+                                                               "--ddp-backend", "legacy_ddp"]
+    with pytest.raises(ValueError, match="one of train, generate, cache, evaluate"):
+        jobs.device_options(config, "export")
