@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -216,6 +217,29 @@ def test_evaluate_checkpoint_writes_what_the_separate_commands_write(toy_teacher
         assert res[key] == old[key], key
     assert res["ppl"] > 1 and res["prune_ratio"] == 0.5 and res["words_per_s_greedy"] > 0
     assert "bleu_greedy" in res and not list(new.glob("*.tmp"))
+
+
+def test_the_warm_up_translates_one_batch_and_changes_no_output(toy_teacher, toy_data_bin, toy_corpus, tmp_path):
+    """--warm-up yes (auto does it on a GPU): one batch of the greedy run first, thrown away; the timed runs'
+    files are those of a run without it."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    score = ["--ref", str(toy_corpus / "test.de"), "--src", str(toy_corpus / "test.en"), "--name", "teacher"]
+    outputs = {}
+    kd = [a if a != "translation" else "translation_kd" for a in _generate_args(toy_data_bin, toy_teacher, 1)]
+    for warm, greedy in (("no", kd), ("yes", kd), ("skipped", _generate_args(toy_data_bin, toy_teacher, 1))):
+        out = tmp_path / warm
+        proc = subprocess.run(
+            [str(BIN / "fairseq-seqkd"), "evaluate-checkpoint", "--greedy-output", str(out / "greedy.txt"), *score,
+             "--results-dir", str(out), "--warm-up", "no" if warm == "no" else "yes", ":::", "greedy", *greedy],
+            env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs[warm] = ((out / "greedy.txt").read_text(), proc.stderr)
+    # the task translation cannot translate one batch alone: no warm-up (it would translate the whole set)
+    assert "warm-up: skipped" in outputs["skipped"][1]
+    assert outputs["yes"][0] == outputs["no"][0]
+    warm = re.search(r"warm-up: (\d+) sentences in", outputs["yes"][1])
+    assert warm and 0 < int(warm.group(1)) <= 16 and "warm-up" not in outputs["no"][1]  # one batch (--batch-size 16)
+    assert sorted(p.name for p in (tmp_path / "yes").iterdir()) == sorted(p.name for p in (tmp_path / "no").iterdir())
 
 
 def test_evaluate_checkpoint_failure_leaves_a_log_and_no_output(toy_teacher, toy_data_bin, tmp_path):

@@ -32,6 +32,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-output", help="fairseq-generate's stdout of the beam run (stderr: FILE.log)")
     p.add_argument("--validate-output", help="fairseq-validate's stdout and stderr; its ppl is recorded")
     add_score_args(p)
+    p.add_argument("--warm-up", choices=("auto", "yes", "no"), default="auto",
+                   help="translate one batch of the first generation before the timed runs, so that their "
+                        "speed does not include the device's start-up (auto: on a GPU)")
     p.add_argument("runs", nargs=argparse.REMAINDER, metavar="::: KIND ARGS",
                    help="the fairseq commands, each after ':::' and its kind (greedy, beam, validate)")
 
@@ -50,9 +53,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no fairseq run to evaluate: add '::: greedy ARGS...' (fairseq-generate's arguments)")
     try:
         values, path = evaluate_checkpoint(runs, args.results_dir, args.name, args.ref, args.src, args.tokenize,
-                                           args.checkpoint, parse_set(args.set))
+                                           args.checkpoint, parse_set(args.set), warm=_warm(args.warm_up, runs))
     except FairseqRunFailed as e:
         print(f"fairseq-seqkd evaluate-checkpoint: {e}", file=sys.stderr)
         return 1
     print(json.dumps({"system": args.name, **values}), "->", path)
     return 0
+
+
+def _warm(choice: str, runs: list[FairseqRun]) -> bool:
+    """--warm-up: yes, no, or auto: when a generation runs on a GPU (CUDA present and no --cpu)."""
+    if choice != "auto":
+        return choice == "yes"
+    import torch
+
+    return torch.cuda.is_available() and any(r.program == "fairseq-generate" and "--cpu" not in r.args for r in runs)

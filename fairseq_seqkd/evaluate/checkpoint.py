@@ -19,6 +19,7 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +29,7 @@ from typing import TextIO
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.evaluate.scoring import score_system
 from fairseq_seqkd.io_utils import atomic_open, atomic_write_text
+from fairseq_seqkd.teacher.generate_output import translated_count
 
 logger = logging.getLogger(__name__)
 
@@ -145,10 +147,50 @@ def parse_runs(words: Sequence[str], separator: str = ":::") -> list[tuple[str, 
     return runs
 
 
+WARM_UP_SHARDS = 1000  # the warm-up translates the first of 1,000 shards of the batches: one batch
+
+
+def warm_up(run: FairseqRun) -> int:
+    """Translate one batch of a generation ``run`` (of the translation_kd task, which honours fairseq's
+    ``--num-shards`` in fairseq-generate) into a file thrown away; return its sentence count.
+
+    fairseq-generate's timer ('Translated N sentences ... in Xs', the words/s of the report) runs from
+    the first batch, and on a GPU the first batch of a process also pays CUDA's start-up (the context,
+    cuBLAS handles, the kernels' first launches): seconds against the fraction of a second a test set
+    of a small student takes, so the speed finding would be biased low. The runs after it in this
+    process start warm.
+    """
+    with tempfile.TemporaryDirectory(prefix="warm-up.") as tmp:
+        shard = ["--num-shards", str(WARM_UP_SHARDS), "--shard-id", "0"]
+        batch = FairseqRun(run.kind, [*run.args, *shard], os.path.join(tmp, "warm-up.txt"))
+        run_fairseq(batch)
+        with open(batch.log or batch.output, encoding="utf-8") as f:
+            counts = [t for t in map(translated_count, f) if t is not None]
+    return counts[-1][0] if counts else 0
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The value of option ``name`` in a command's arguments (its last one), or None."""
+    values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == name]
+    return values[-1] if values else None
+
+
 def evaluate_checkpoint(runs: Sequence[FairseqRun], results_dir: str, name: str, ref: str | None = None,
                         src: str | None = None, tokenize: str = "13a", checkpoint: str | None = None,
-                        extra: dict | None = None) -> tuple[dict, str]:
-    """Run the fairseq commands of ``runs`` in this process, in order, then score them into RESULTS_DIR/NAME.json."""
+                        extra: dict | None = None, warm: bool = False) -> tuple[dict, str]:
+    """Run the fairseq commands of ``runs`` in this process, in order, then score them into RESULTS_DIR/NAME.json.
+
+    ``warm``: one batch of the first generation is translated first (:func:`warm_up`), so that no timed
+    run pays the device's start-up."""
+    first = next((run for run in runs if run.program == "fairseq-generate"), None)
+    if warm and first is not None and _option(first.args, "--task") != "translation_kd":
+        logger.info("warm-up: skipped: fairseq-generate translates one batch alone (--num-shards) with the "
+                    "translation_kd task only (--user-dir fairseq_seqkd --task translation_kd)")
+    elif warm and first is not None:
+        logger.info("warm-up: one batch of the %s run before the timed runs", first.kind)
+        t0 = time.monotonic()
+        sentences = warm_up(first)
+        logger.info("warm-up: %d sentences in %.1f s", sentences, time.monotonic() - t0)
     for run in runs:
         logger.info("%s: %s -> %s", run.kind, shlex.join([run.program, *run.args]), run.output)
         seconds = run_fairseq(run)
