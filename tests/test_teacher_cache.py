@@ -132,13 +132,13 @@ def test_dataset_wrapper_aligns_with_target_under_padding_shuffle_and_workers(va
     pad, rows = task.target_dictionary.pad(), 0
     for sample in batches(task, "valid", max_tokens=250, num_workers=1, shuffle=True):
         target, ids, logits = sample["target"], sample[TEACHER_IDS_KEY], sample[TEACHER_LOGITS_KEY]
-        assert ids.shape[:2] == logits.shape[:2] == target.shape and ids.dtype == torch.long
+        assert ids.shape[:2] == logits.shape[:2] == target.shape and ids.dtype == torch.int32  # widened on the device
         assert target.size(1) % 8 == 0
         for row, sid in enumerate(sample["id"].tolist()):
             mask = target[row].ne(pad)
             assert mask[-1], "left padding: tokens end the row"
             want_ids, want_logits = cache[sid]
-            assert torch.equal(ids[row][mask], torch.from_numpy(want_ids.astype(np.int64)))
+            assert torch.equal(ids[row][mask], torch.from_numpy(want_ids.astype(np.int32)))
             assert torch.equal(logits[row][mask], torch.from_numpy(np.array(want_logits)))
             assert logits[row][~mask].float().abs().sum() == 0
             rows += 1
@@ -173,12 +173,12 @@ def test_dataset_wrapper_pads_on_the_right_and_refuses_a_length_mismatch(valid_c
     cache, pad, rows = dataset.cache, task.target_dictionary.pad(), 0
     for sample in batches(task, "valid", max_tokens=300, shuffle=True):
         target, ids, logits = sample["target"], sample[TEACHER_IDS_KEY], sample[TEACHER_LOGITS_KEY]
-        assert ids.dtype == torch.long and logits.dtype == torch.float16
+        assert ids.dtype == torch.int32 and logits.dtype == torch.float16
         for row, sid in enumerate(sample["id"].tolist()):
             n = int(target[row].ne(pad).sum())
             assert target[row, :n].ne(pad).all(), "right padding: tokens start the row"
             want_ids, want_logits = cache[sid]
-            assert torch.equal(ids[row, :n], torch.from_numpy(want_ids.astype(np.int64)))
+            assert torch.equal(ids[row, :n], torch.from_numpy(want_ids.astype(np.int32)))
             assert torch.equal(logits[row, :n], torch.from_numpy(np.array(want_logits)))
             assert ids[row, n:].abs().sum() == 0 and logits[row, n:].float().abs().sum() == 0
             rows += 1

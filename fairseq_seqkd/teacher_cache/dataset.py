@@ -62,8 +62,9 @@ class TeacherCacheDataset(BaseWrapperDataset):
         dense_logits = np.zeros((bsz * width, k), dtype=logits.dtype)
         row_view(dense_ids)[at] = row_view(ids)
         row_view(dense_logits)[at] = row_view(logits)
-        # the criterion gathers with the ids: int64, converted once per batch
-        batch[TEACHER_IDS_KEY] = torch.from_numpy(dense_ids.astype(np.int64)).view(bsz, width, k)
+        # int32 (torch has few uint16 kernels): half the bytes of int64 to copy to a GPU; the criterion
+        # widens them to int64 for gather/scatter where the batch is, on the device
+        batch[TEACHER_IDS_KEY] = torch.from_numpy(dense_ids.astype(np.int32)).view(bsz, width, k)
         batch[TEACHER_LOGITS_KEY] = torch.from_numpy(dense_logits).view(bsz, width, k)
         return batch
 
