@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,10 +135,12 @@ def unpad(padded: IdArray, lens: IdArray) -> np.ndarray:
     return padded[np.arange(width)[None, :] < lens[:, None]].astype(np.int64)
 
 
-def ngram_stats(hyp_tokens: np.ndarray, hyp_lens: np.ndarray, ref_tokens: np.ndarray, ref_lens: np.ndarray,
-                ref_index: np.ndarray, max_order: int = MAX_ORDER) -> tuple[np.ndarray, np.ndarray]:
-    """Clipped n-gram matches and n-gram totals, each (n, max_order) int64, of packed hypothesis i
-    against packed reference ``ref_index[i]``.
+def matched_ngrams(hyp_tokens: np.ndarray, hyp_lens: np.ndarray, ref_tokens: np.ndarray, ref_lens: np.ndarray,
+                   ref_index: np.ndarray, max_order: int = MAX_ORDER
+                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per order n = 1, 2, ...: (n, hypothesis of each matched n-gram, the n-gram's id within its reference,
+    reference n-gram counts (n_ref, width)), for the packed hypotheses' n-grams that occur in reference
+    ``ref_index[i]``; ids are below width. Stops at the first order with no match.
 
     Only a hypothesis n-gram whose (n-1)-gram prefix occurs in the reference can match, so each
     order extends the previous order's matches by one token: an n-gram is named by the id of
@@ -148,10 +150,8 @@ def ngram_stats(hyp_tokens: np.ndarray, hyp_lens: np.ndarray, ref_tokens: np.nda
     number of sentences, and the ids of one sentence are contiguous.
     """
     n_hyp, n_ref = hyp_lens.size, ref_lens.size
-    total = np.clip(hyp_lens[:, None] - np.arange(max_order)[None, :], 0, None)
-    correct = np.zeros((n_hyp, max_order), dtype=np.int64)
     if hyp_tokens.size == 0 or ref_tokens.size == 0:
-        return correct, total
+        return
     vocab = int(max(hyp_tokens.max(), ref_tokens.max())) + 1
     # per n-gram start: its sentence, its flat position, its prefix id
     cand = np.repeat(np.arange(n_hyp), hyp_lens)
@@ -170,26 +170,42 @@ def ngram_stats(hyp_tokens: np.ndarray, hyp_lens: np.ndarray, ref_tokens: np.nda
             keep = np.flatnonzero(pos + (n - 1) < hyp_end[cand])
             cand, pos, prefix = cand[keep], pos[keep], prefix[keep]
         if r_pos.size == 0 or cand.size == 0:
-            break
+            return
         uniq, r_id, r_count = np.unique(r_prefix * vocab + ref_tokens[r_pos + (n - 1)],
                                         return_inverse=True, return_counts=True)
+        r_id = r_id.reshape(-1)
         query = prefix * vocab + hyp_tokens[pos + (n - 1)]
         at = np.minimum(np.searchsorted(uniq, query), uniq.size - 1)
         found = np.flatnonzero(uniq[at] == query)
         if found.size == 0:
-            break
+            return
         cand, pos, prefix = cand[found], pos[found], at[found]
-        # clip per (hypothesis, reference n-gram) in count tables indexed by the id within the sentence
-        width = int(ref_lens.max()) - n + 1
+        # count tables indexed by the id within the sentence: as wide as the most n-grams of a reference
         id_sentence = np.empty_like(uniq)
         id_sentence[r_id] = r_sent
         first = np.searchsorted(id_sentence, sentences)
+        width = int(np.diff(np.r_[first, uniq.size]).max())
         ref_table = np.zeros((n_ref, width), dtype=np.int64)
         ref_table[id_sentence, np.arange(uniq.size) - first[id_sentence]] = r_count
-        local = cand * width + (prefix - first[ref_index[cand]])
-        hyp_table = np.bincount(local, minlength=n_hyp * width).reshape(n_hyp, width)
+        yield n, cand, prefix - first[ref_index[cand]], ref_table
+        r_prefix = r_id
+
+
+def count_table(cand: np.ndarray, ids: np.ndarray, rows: int, width: int) -> np.ndarray:
+    """(rows, width) counts of the (row, id) pairs: a hypothesis's n-gram counts from :func:`matched_ngrams`."""
+    return np.bincount(cand * width + ids, minlength=rows * width).reshape(rows, width)
+
+
+def ngram_stats(hyp_tokens: np.ndarray, hyp_lens: np.ndarray, ref_tokens: np.ndarray, ref_lens: np.ndarray,
+                ref_index: np.ndarray, max_order: int = MAX_ORDER) -> tuple[np.ndarray, np.ndarray]:
+    """Clipped n-gram matches and n-gram totals, each (n, max_order) int64, of packed hypothesis i
+    against packed reference ``ref_index[i]`` (the n-grams of :func:`matched_ngrams`)."""
+    n_hyp = hyp_lens.size
+    total = np.clip(hyp_lens[:, None] - np.arange(max_order)[None, :], 0, None)
+    correct = np.zeros((n_hyp, max_order), dtype=np.int64)
+    for n, cand, ids, ref_table in matched_ngrams(hyp_tokens, hyp_lens, ref_tokens, ref_lens, ref_index, max_order):
+        hyp_table = count_table(cand, ids, n_hyp, ref_table.shape[1])
         correct[:, n - 1] = np.minimum(hyp_table, ref_table[ref_index]).sum(1)
-        r_prefix = r_id.reshape(-1)
     return correct, total
 
 
