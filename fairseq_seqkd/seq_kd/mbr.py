@@ -12,9 +12,10 @@ pseudo-reference ``r``. The candidate with the highest EU is chosen; EU values w
 ``TIE_TOLERANCE`` tie, then the higher weight wins, then the earlier candidate. A sentence with one
 candidate keeps it.
 
-All pairs of all sentences are scored at once by the batched BLEU's n-gram statistics
-(:func:`~fairseq_seqkd.seq_kd.sentence_bleu.ngram_stats`): every candidate is a reference once and
-a hypothesis ``k - 1`` times; no Python loop over candidates or pairs.
+All pairs of many sentences are scored at once with the batched BLEU's n-gram matching and
+statistics (:func:`~fairseq_seqkd.seq_kd.sentence_bleu.matched_ngrams`, ``bleu_from_stats``): each
+candidate's n-grams are counted once, and the pairs' clipped matches are array operations over
+the sentences that have the same number of candidates; no Python loop over candidates or pairs.
 """
 
 from __future__ import annotations
@@ -35,71 +36,62 @@ def _group_starts(sizes: np.ndarray) -> np.ndarray:
     return np.cumsum(sizes) - sizes
 
 
-def candidate_pairs(group_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) for every ordered pair of distinct candidates of the same group; rows grouped by i, in order.
+def _gather(tokens: np.ndarray, lens: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The packed sequences ``which`` of packed ``tokens``: (tokens, lengths)."""
+    sel = lens[which]
+    offsets = np.repeat((np.cumsum(lens) - lens)[which] - (np.cumsum(sel) - sel), sel)
+    return tokens[np.arange(int(sel.sum())) + offsets], sel
 
-    Candidates are numbered 0..sum(group_sizes)-1, group after group.
+
+def utility_matrix(bleu: SentenceBLEU, tokens: np.ndarray, lens: np.ndarray, k: int) -> np.ndarray:
+    """U[s, a, b]: BLEU of candidate a (hypothesis) against candidate b (reference) of group s, for packed groups
+    of ``k`` candidates each (ids without EOS), shape (groups, k, k).
+
+    Each candidate's n-grams are counted once, against its group's candidates joined by a separator
+    that no candidate holds (:func:`~fairseq_seqkd.seq_kd.sentence_bleu.matched_ngrams`: every n-gram
+    then has one id in its group); the clipped matches of a pair are the sum over those ids of the
+    smaller of the two counts.
     """
-    k = np.asarray(group_sizes, np.int64)
-    n = int(k.sum())
-    group = np.repeat(np.arange(len(k)), k)
-    local = np.arange(n) - _group_starts(k)[group]
-    others = k[group] - 1
-    i = np.repeat(np.arange(n), others)
-    r = np.arange(len(i)) - np.repeat(_group_starts(others), others)
-    j = _group_starts(k)[group[i]] + (local[i] + 1 + r) % k[group[i]]
-    return i, j
-
-
-def pairwise_bleu(bleu: SentenceBLEU, tokens: np.ndarray, lens: np.ndarray, group_sizes: np.ndarray,
-                  i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """BLEU of packed candidate ``i[p]`` (hypothesis) against candidate ``j[p]`` (reference) of the same group.
-
-    Each candidate's n-grams are counted once, against the group's candidates joined by a separator
-    that no candidate holds (:func:`~fairseq_seqkd.seq_kd.sentence_bleu.matched_ngrams`: every
-    n-gram then has one id per group); a pair's clipped matches are the sum over those ids of the
-    smaller of its two counts.
-    """
-    tokens, lens = np.asarray(tokens, np.int64), np.asarray(lens, np.int64)
-    k = np.asarray(group_sizes, np.int64)
     n = len(lens)
-    group = np.repeat(np.arange(len(k)), k)
-    correct = np.zeros((len(i), bleu.max_order), np.int64)
+    groups = n // k
+    order_count = bleu.max_order
+    correct = np.zeros((groups, k, k, order_count), np.int64)
     if tokens.size:
-        # each group's joint reference: c_1 SEP c_2 SEP ... c_k
+        # each group's joint reference: c_1 SEP c_2 SEP ... SEP c_k
         sep = int(tokens.max()) + 1
-        last = np.zeros(n, bool)
-        last[np.cumsum(k[k > 0]) - 1] = True
-        with_sep = lens + ~last
+        with_sep = lens + 1
+        with_sep[k - 1::k] -= 1
         joint = np.full(int(with_sep.sum()), sep, np.int64)
-        offsets = np.repeat(np.cumsum(with_sep) - with_sep - (np.cumsum(lens) - lens), lens)
-        joint[np.arange(tokens.size) + offsets] = tokens
-        joint_lens = np.bincount(group, with_sep, minlength=len(k)).astype(np.int64)
-        for order, cand, ids, table in matched_ngrams(tokens, lens, joint, joint_lens, group, bleu.max_order):
-            counts = count_table(cand, ids, n, table.shape[1]).astype(np.int32)
-            step = max(1, MAX_PAIR_CELLS // counts.shape[1])
-            for lo in range(0, len(i), step):
-                a, b = counts[i[lo:lo + step]], counts[j[lo:lo + step]]
-                correct[lo:lo + step, order - 1] = np.minimum(a, b).sum(1)
-    total = np.clip(lens[i][:, None] - np.arange(bleu.max_order)[None, :], 0, None)
-    return bleu_from_stats(correct, total, lens[i], lens[j], bleu.smooth_method, bleu.smooth_value,
-                           bleu.effective_order)
+        joint[np.arange(tokens.size) + np.repeat(np.cumsum(with_sep) - with_sep - (np.cumsum(lens) - lens), lens)] \
+            = tokens
+        joint_lens = with_sep.reshape(groups, k).sum(1)
+        group = np.repeat(np.arange(groups), k)
+        for order, cand, ids, table in matched_ngrams(tokens, lens, joint, joint_lens, group, order_count):
+            counts = count_table(cand, ids, n, table.shape[1])
+            width = counts.shape[1]
+            # small integers compare many at a time
+            counts = counts.astype(np.uint8 if counts.max() < 256 else np.int32).reshape(groups, k, width)
+            step = max(1, MAX_PAIR_CELLS // (k * k * width))
+            for lo in range(0, groups, step):
+                part = counts[lo:lo + step]
+                correct[lo:lo + step, :, :, order - 1] = np.minimum(part[:, :, None, :], part[:, None, :, :]).sum(
+                    -1, dtype=np.int64)
+    hyp_lens = np.broadcast_to(lens.reshape(groups, k, 1), (groups, k, k)).reshape(-1)
+    ref_lens = np.broadcast_to(lens.reshape(groups, 1, k), (groups, k, k)).reshape(-1)
+    total = np.clip(hyp_lens[:, None] - np.arange(order_count)[None, :], 0, None)
+    return bleu_from_stats(correct.reshape(-1, order_count), total, hyp_lens, ref_lens, bleu.smooth_method,
+                           bleu.smooth_value, bleu.effective_order).reshape(groups, k, k)
 
 
-def expected_utility(utility: np.ndarray, i: np.ndarray, j: np.ndarray, log_weights: np.ndarray) -> np.ndarray:
-    """EU of every candidate (module doc) from the pairs' utilities; 0 for a candidate without others."""
-    n = len(log_weights)
-    eu = np.zeros(n, np.float64)
-    if not len(i):
-        return eu
-    has = np.flatnonzero(np.bincount(i, minlength=n))
-    starts = np.searchsorted(i, has)
-    # shift by the largest weight among each candidate's others: exp never overflows, the sum is >= 1
-    shift = np.zeros(n)
-    shift[has] = np.maximum.reduceat(log_weights[j], starts)
-    w = np.exp(log_weights[j] - shift[i])
-    eu[has] = (np.bincount(i, w * utility, minlength=n) / np.maximum(np.bincount(i, w, minlength=n), 1e-300))[has]
-    return eu
+def expected_utility(utility: np.ndarray, log_weights: np.ndarray) -> np.ndarray:
+    """EU (module doc) of each candidate of groups of k, from U (groups, k, k) and log-weights (groups, k)."""
+    groups, k = log_weights.shape
+    if k < 2:
+        return np.zeros((groups, k))
+    others = np.where(np.eye(k, dtype=bool)[None], -np.inf, log_weights[:, None, :])
+    # shifted by the largest weight among each candidate's others: exp never overflows, the sum is >= 1
+    w = np.exp(others - others.max(-1, keepdims=True))
+    return (w * utility).sum(-1) / w.sum(-1)
 
 
 def choose_in_groups(values: np.ndarray, tie_break: np.ndarray, group_sizes: np.ndarray) -> np.ndarray:
@@ -134,20 +126,18 @@ class MBR:
                            scores: np.ndarray) -> np.ndarray:
         """EU of every packed candidate (ids without EOS) against the others of its group."""
         tokens, lens = np.asarray(tokens, np.int64), np.asarray(lens, np.int64)
-        k = np.asarray(group_sizes, np.int64)
+        sizes = np.asarray(group_sizes, np.int64)
         scores = np.asarray(scores, np.float64)
         log_weights = scores if self.weights == "scores" else np.zeros_like(scores)
         eu = np.zeros(len(lens), np.float64)
-        starts, token_starts = _group_starts(k), np.r_[0, np.cumsum(lens)]
-        g = 0
-        while g < len(k):  # batches of whole groups, about MAX_CANDIDATES candidates each
-            stop = g + max(1, int(np.searchsorted(np.cumsum(k[g:]), MAX_CANDIDATES, side="right")))
-            lo, hi = int(starts[g]), int(starts[g] + k[g:stop].sum())
-            i, j = candidate_pairs(k[g:stop])
-            utility = pairwise_bleu(self.bleu, tokens[token_starts[lo]:token_starts[hi]], lens[lo:hi], k[g:stop],
-                                    i, j)
-            eu[lo:hi] = expected_utility(utility, i, j, log_weights[lo:hi])
-            g = stop
+        starts = _group_starts(sizes)
+        for k in np.unique(sizes[sizes > 1]).tolist():  # groups of one size together: U is a (groups, k, k) array
+            same = np.flatnonzero(sizes == k)
+            per_batch = max(1, MAX_CANDIDATES // k)
+            for lo in range(0, len(same), per_batch):
+                which = (starts[same[lo:lo + per_batch], None] + np.arange(k)[None, :]).reshape(-1)
+                u = utility_matrix(self.bleu, *_gather(tokens, lens, which), k)
+                eu[which] = expected_utility(u, log_weights[which].reshape(-1, k)).reshape(-1)
         return eu
 
     def choose(self, tokens: np.ndarray, lens: np.ndarray, group_sizes: np.ndarray,

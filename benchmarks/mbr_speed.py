@@ -1,0 +1,136 @@
+"""MBR selection speed: the batched choice (fairseq_seqkd.seq_kd.mbr) against sacrebleu pair by pair.
+
+Setup: K-best lists of synthetic sentences (token ids of a ``--vocab`` vocabulary, 15 to 35 per
+sentence): each list is K variants of one base sentence, a quarter of the tokens replaced at
+random and 0 to 2 dropped at the end, so candidates share n-grams of every order as a beam's do;
+scores drawn at random (the weights of ``--mbr-weights scores``).
+
+- ``batched``: :meth:`MBR.choose` on the packed ids (packing included), all sentences in one call;
+- ``sacrebleu``: ``BLEU(tokenize='none', smooth_method='exp', effective_order=True).sentence_score``
+  for every ordered pair of distinct candidates of a sentence (the ids written as strings beforehand,
+  not timed), expected utility and choice in plain Python, as ``tests/test_mbr.py`` computes them.
+
+Both must choose the same candidates (checked). Candidates per second = candidates / seconds,
+fastest of ``--repeats`` runs, thread CPU time by default (``--clock wall`` on a quiet machine).
+Target: at least 10x sacrebleu at K = 8. The last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import sys
+import time
+
+import numpy as np
+
+TARGETS = {"speedup_k8": 10.0}
+
+
+def lists(sentences: int, k: int, vocab: int, seed: int) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    """(candidates, group sizes, scores) of ``sentences`` K-best lists."""
+    rng = np.random.default_rng(seed)
+    cands = []
+    for _ in range(sentences):
+        base = rng.integers(4, vocab, int(rng.integers(15, 36)))
+        for _ in range(k):
+            c = base.copy()
+            swap = rng.random(len(c)) < 0.25
+            c[swap] = rng.integers(4, vocab, int(swap.sum()))
+            cands.append(c[:len(c) - int(rng.integers(0, 3))].tolist())
+    return cands, np.full(sentences, k), rng.normal(-1.0, 0.3, len(cands))
+
+
+def sacrebleu_choice(strings: list[str], sizes: np.ndarray, scores: np.ndarray, sacre) -> list[int]:
+    """Expected utility against the other candidates, softmax weights, sacrebleu pair by pair."""
+    chosen, lo = [], 0
+    for k in sizes.tolist():
+        eu = []
+        for a in range(lo, lo + k):
+            num = den = 0.0
+            for b in range(lo, lo + k):
+                if a != b:
+                    w = math.exp(scores[b])
+                    num += w * sacre.sentence_score(strings[a], [strings[b]]).score
+                    den += w
+            eu.append(num / den if den else 0.0)
+        top = max(eu)
+        chosen.append(lo + max((i for i in range(k) if eu[i] >= top - 1e-9), key=lambda i: (scores[lo + i], -i)))
+        lo += k
+    return chosen
+
+
+def measure(k: int, sentences: int, vocab: int, repeats: int, clock) -> dict:
+    from sacrebleu.metrics import BLEU
+
+    from fairseq_seqkd.seq_kd.mbr import MBR
+    from fairseq_seqkd.seq_kd.sentence_bleu import pack
+
+    cands, sizes, scores = lists(sentences, k, vocab, seed=k)
+    strings = [" ".join(map(str, c)) for c in cands]
+    sacre = BLEU(tokenize="none", smooth_method="exp", effective_order=True)
+    choice = MBR()
+    batched_s = sacre_s = float("inf")
+    for _ in range(repeats):
+        gc.collect()
+        gc.disable()
+        start = clock()
+        ours, _ = choice.choose(*pack(cands), sizes, scores)
+        batched_s = min(batched_s, clock() - start)
+        start = clock()
+        theirs = sacrebleu_choice(strings, sizes, scores, sacre)
+        sacre_s = min(sacre_s, clock() - start)
+        gc.enable()
+    assert ours.tolist() == theirs, "the batched MBR chose other candidates than sacrebleu pairwise"
+    n = len(cands)
+    return {"k": k, "sentences": sentences, "candidates": n, "pairs": int(sentences * k * (k - 1)),
+            "batched_s": round(batched_s, 4), "sacrebleu_s": round(sacre_s, 4),
+            "batched_candidates_per_s": round(n / batched_s), "sacrebleu_candidates_per_s": round(n / sacre_s),
+            "speedup": round(sacre_s / batched_s, 1), "same_choices": True}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (lscpu's), for the record."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer sentences and runs (a few seconds)")
+    p.add_argument("--sentences", type=int, default=None,
+                   help="sentences at K=8 (default 1000; quick 100); at K=35 a fifth as many")
+    p.add_argument("--vocab", type=int, default=8000, help="vocabulary size (default 8000)")
+    p.add_argument("--repeats", type=int, default=None, help="runs of each, the fastest counts (default 3; quick 1)")
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                   help="cpu: this thread's CPU time (default: shared cores); wall: wall time")
+    args = p.parse_args(argv)
+    n = args.sentences or (100 if args.quick else 1000)
+    repeats = args.repeats or (1 if args.quick else 3)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    t0 = time.perf_counter()
+    runs = [measure(8, n, args.vocab, repeats, clock), measure(35, max(1, n // 5), args.vocab, repeats, clock)]
+    for r in runs:
+        print(f"mbr_speed: K={r['k']}: batched {r['batched_candidates_per_s']} candidates/s, sacrebleu pairwise "
+              f"{r['sacrebleu_candidates_per_s']}/s ({r['speedup']}x)", file=sys.stderr)
+    result = {"speedup_k8": runs[0]["speedup"], "speedup_k35": runs[1]["speedup"]}
+    result.update({"targets": TARGETS, "targets_met": {"speedup_k8": result["speedup_k8"] >= TARGETS["speedup_k8"]},
+                   "runs": runs, "utility": "sentence BLEU (exp smoothing, effective order, tok:ids)",
+                   "weights": "scores", "vocab": args.vocab, "repeats": repeats,
+                   "clock": "thread CPU time" if args.clock == "cpu" else "wall time", "cpu": cpu_name(),
+                   "quick": args.quick, "wall_s": round(time.perf_counter() - t0, 1)})
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
