@@ -1,17 +1,20 @@
 """The fairseq glue shared by the cache builder, the word_kd criterion, the corpus code and benchmarks.
 
 Task setup over a binarized folder, split loading as fairseq-train does it, loading a frozen
-teacher checked against the data's dictionary, running it (float32 weights, autocast in half
-precision on a GPU, its output checked for non-finite values) for its top-k, and a batch
-iterator over a range of sentences that loses none. Nothing here knows the cache format or the
-KD loss.
+teacher (or an ensemble of them: ``a.pt:b.pt``, as fairseq-generate's ``--path`` takes it) checked
+against the data's dictionary, running it (float32 weights, autocast in half precision on a GPU,
+each member's output checked for non-finite values, an ensemble's members averaged as
+probabilities) for its top-k, and a batch iterator over a range of sentences that loses none.
+Nothing here knows the cache format or the KD loss.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -85,12 +88,17 @@ class _SentenceRange(BaseWrapperDataset):
 
 def teacher_batches(task, teacher, dataset, first: int, end: int, max_tokens: int | None,
                     max_sentences: int | None, num_workers: int = 0, order: np.ndarray | None = None):
-    """fairseq's batch iterator over sentences [first, end), losing none (batch multiple 1)."""
+    """fairseq's batch iterator over sentences [first, end), losing none (batch multiple 1).
+
+    ``teacher`` is one model or the members of an ensemble; sentences must fit every member.
+    """
+    members = teacher if isinstance(teacher, Sequence) else [teacher]
     try:
         itr = task.get_batch_iterator(
             dataset=_SentenceRange(dataset, first, end, order), max_tokens=max_tokens,
             max_sentences=max_sentences,
-            max_positions=utils.resolve_max_positions(task.max_positions(), teacher.max_positions()),
+            max_positions=utils.resolve_max_positions(task.max_positions(),
+                                                      *(m.max_positions() for m in members)),
             ignore_invalid_inputs=False, required_batch_size_multiple=1, num_workers=num_workers,
             seed=BATCH_ORDER_SEED, disable_iterator_cache=True)
     except Exception as e:
@@ -219,6 +227,96 @@ def load_teacher_for_data(data: str, teacher_path: str, source_lang: str | None 
     return task, load_teacher(teacher_path, task, state, teacher_dict, dict_unchecked), state
 
 
+# ----------------------------------------------------------------------------- an ensemble of teachers
+
+def teacher_paths(path: str, option: str = "--path") -> list[str]:
+    """The files of a ``--path``: one, or an ensemble's split on ':' as fairseq-generate splits them."""
+    paths = utils.split_paths(path)
+    if not path or any(not p for p in paths):
+        raise UserError(f"{option} {path!r}: an empty path; give one file, or one per teacher of an ensemble "
+                        "separated by ':' (a.pt:b.pt), as fairseq-generate takes them")
+    return paths
+
+
+def teacher_names(paths: Sequence[str], prefix: str = "") -> list[str]:
+    """How errors name each teacher: its path, and for an ensemble which member it is."""
+    if len(paths) == 1:
+        return [f"{prefix}{paths[0]}"]
+    return [f"{prefix}{p} (member {i} of the {len(paths)}-teacher ensemble)" for i, p in enumerate(paths, 1)]
+
+
+def _member_dicts(teacher_dict: str | None, paths: Sequence[str]) -> list[str | None]:
+    """``--teacher-dict`` per member: one file for all of them, or one per member separated by ':'."""
+    if teacher_dict is None:
+        return [None] * len(paths)
+    given = teacher_paths(teacher_dict, "--teacher-dict")
+    if len(given) not in (1, len(paths)):
+        raise UserError(f"--teacher-dict {teacher_dict}: {len(given)} dictionary files for {len(paths)} teachers; "
+                        "give one for all of them, or one per teacher in --path order, separated by ':'")
+    return given * len(paths) if len(given) == 1 else given
+
+
+def _warn_repeated(paths: Sequence[str]) -> None:
+    seen = set()
+    for p in paths:
+        if os.path.abspath(p) in seen:
+            logger.warning("teacher %s appears twice in the ensemble %s: it counts twice in the average",
+                           p, ":".join(paths))
+        seen.add(os.path.abspath(p))
+
+
+def load_teachers(paths: Sequence[str], task, teacher_dict: str | None = None,
+                  dict_unchecked: bool = False) -> list[torch.nn.Module]:
+    """Each checkpoint of ``paths`` loaded by :func:`load_teacher`, so each is checked as a single teacher is.
+
+    ``teacher_dict`` is one dictionary file for every member, or one per member separated by ':'.
+    """
+    dicts = _member_dicts(teacher_dict, paths)
+    _warn_repeated(paths)
+    return [load_teacher(p, task, teacher_dict=d, dict_unchecked=dict_unchecked) for p, d in zip(paths, dicts)]
+
+
+def load_teachers_for_data(data: str, path: str, source_lang: str | None = None, target_lang: str | None = None,
+                           teacher_dict: str | None = None,
+                           dict_unchecked: bool = False) -> tuple[object, list[torch.nn.Module], list[str]]:
+    """(task over ``data``, the frozen teachers of ``path`` (one, or ``a.pt:b.pt``), their paths).
+
+    The languages default to the first teacher's; every member is checked against the data's
+    dictionaries as a single teacher is.
+    """
+    paths = teacher_paths(path)
+    dicts = _member_dicts(teacher_dict, paths)
+    _warn_repeated(paths)
+    task, first, _ = load_teacher_for_data(data, paths[0], source_lang, target_lang, dicts[0], dict_unchecked)
+    rest = [load_teacher(p, task, teacher_dict=d, dict_unchecked=dict_unchecked)
+            for p, d in zip(paths[1:], dicts[1:])]
+    return task, [first, *rest], paths
+
+
+def ensemble_log_probs(lprobs: Iterable[torch.Tensor]) -> torch.Tensor:
+    """log((1/M) sum_m p_m): the log of the members' mean probability, from their log-probs.
+
+    The mean of the probabilities, not of the log-probabilities (a renormalised geometric mean):
+    it is the distribution fairseq's ensemble decoding searches (``EnsembleModel``:
+    logsumexp of the members' log-probs less log M), so Word-KD from an ensemble distils the
+    distribution that ``fairseq-generate --path a.pt:b.pt`` decodes for Seq-KD, and it stays a
+    distribution without renormalising. The members are accumulated one at a time
+    (``logaddexp``), so an iterator of them holds two tokens x vocabulary buffers, not M.
+    One member is returned as it is.
+    """
+    it = iter(lprobs)
+    try:
+        total = next(it)
+    except StopIteration:
+        raise ValueError("ensemble_log_probs needs at least one member") from None
+    members = 1
+    for lp in it:
+        # a new buffer once (the first member's tensor is the caller's), then in place
+        total = torch.logaddexp(total, lp) if members == 1 else torch.logaddexp(total, lp, out=total)
+        members += 1
+    return total if members == 1 else total.sub_(math.log(members))
+
+
 def teacher_autocast(device: torch.device, dtype: torch.dtype):
     """The precision a float32 teacher runs in beside a student of ``dtype``.
 
@@ -237,24 +335,45 @@ def check_teacher_finite(lprobs: torch.Tensor, teacher: str, fix: str) -> None:
 
     fairseq takes a non-finite loss under --fp16 for a gradient overflow: it skips the batch and
     lowers the loss scale until "Minimum loss scale reached", never naming the teacher. -inf
-    (probability 0) is allowed. One host sync per call.
+    (probability 0) is allowed. One reduction and one host sync per call (a NaN or +inf is the
+    maximum); the count is taken only for the message.
     """
+    if lprobs.numel() == 0:
+        return
+    top = lprobs.amax()
+    if not bool(torch.isnan(top) | torch.isposinf(top)):
+        return
     bad = torch.isnan(lprobs) | torch.isposinf(lprobs)
-    if bool(bad.any()):
-        raise UserError(f"{teacher}: the teacher's output holds {int(bad.sum())} non-finite probabilities "
-                        f"(NaN or inf) among {lprobs.numel()} in this batch (shape {tuple(lprobs.shape)}). {fix}")
+    raise UserError(f"{teacher}: the teacher's output holds {int(bad.sum())} non-finite probabilities "
+                    f"(NaN or inf) among {lprobs.numel()} in this batch (shape {tuple(lprobs.shape)}). {fix}")
 
 
 @torch.no_grad()
-def teacher_topk(teacher: torch.nn.Module, net_input: dict,
-                 k: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Teacher-forced (ids, log-probs) of the k most probable tokens per position, (B, T, k), sorted.
+def teacher_log_probs(teachers: Sequence[torch.nn.Module], names: Sequence[str], net_input: dict,
+                      fix: str) -> torch.Tensor:
+    """Teacher-forced float32 log-probs (B, T, V) of one teacher, or of an ensemble's mean probability.
 
-    The log-probs are float32 (fairseq's ``get_normalized_probs`` computes them in float32 from
-    any logits). k <= 0 returns (None, log-probs over the whole vocabulary (B, T, V)).
+    Each member's output is checked (:func:`check_teacher_finite`, naming it by ``names``) before it
+    enters the average (:func:`ensemble_log_probs`), so a member gone NaN is named, not the ensemble.
+    fairseq's ``get_normalized_probs`` computes log-probs in float32 from any logits.
     """
-    net_output = teacher(**net_input)
-    lprobs = teacher.get_normalized_probs(net_output, log_probs=True)
+    def members():
+        for teacher, name in zip(teachers, names, strict=True):
+            lprobs = teacher.get_normalized_probs(teacher(**net_input), log_probs=True)
+            check_teacher_finite(lprobs, name, fix)
+            yield lprobs
+
+    return ensemble_log_probs(members())
+
+
+@torch.no_grad()
+def teacher_topk(teachers: Sequence[torch.nn.Module], names: Sequence[str], net_input: dict, k: int,
+                 fix: str) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(ids, log-probs) of the k most probable tokens per position, (B, T, k), sorted, of :func:`teacher_log_probs`.
+
+    k <= 0 returns (None, log-probs over the whole vocabulary (B, T, V)).
+    """
+    lprobs = teacher_log_probs(teachers, names, net_input, fix)
     if k <= 0:
         return None, lprobs
     values, ids = lprobs.topk(min(k, lprobs.size(-1)), dim=-1)

@@ -25,10 +25,10 @@ from fairseq_seqkd.criterions.word_kd import (
     TEACHER_LOGITS_KEY,
     WordKDCriterion,
     kd_cross_entropy,
-    load_teacher,
     word_kd_loss,
 )
 from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.fairseq_glue import load_teacher
 
 fairseq_seqkd.register()  # in-process tasks and criterions, and weights_only loads of fairseq-train's checkpoints
 PAD = 1

@@ -17,7 +17,9 @@ HELP = ("run a teacher with teacher forcing over a binarized split and store its
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="binarized data folder (the --destdir of fairseq-preprocess)")
-    p.add_argument("--path", help="teacher checkpoint (fairseq .pt)")
+    p.add_argument("--path", help="teacher checkpoint (fairseq .pt), or an ensemble of checkpoints of the same "
+                                  "vocabulary separated by ':' (a.pt:b.pt, as fairseq-generate takes them): the "
+                                  "cache then holds the top-k of their mean probability")
     p.add_argument("--out", required=True, help="cache folder (one folder may hold several splits)")
     p.add_argument("--split", "--gen-subset", dest="split", default="train",
                    help="split to cache (default train)")
@@ -33,7 +35,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         f"interrupted shard resumes after the last one (default {DEFAULT_CHUNK_SENTENCES})")
     p.add_argument("--teacher-dict", default=None,
                    help="the teacher's target dictionary (dict.LANG.txt of the data it was trained on), "
-                        "checked against DATA's; default: the one in the data folder its checkpoint names")
+                        "checked against DATA's; default: the one in the data folder its checkpoint names; "
+                        "for an ensemble one file for every member, or one per member separated by ':'")
     p.add_argument("--teacher-dict-unchecked", action="store_true",
                    help="accept a teacher whose dictionary file is not readable after checking only the "
                         "vocabulary size (a dictionary in another order would give a permuted distribution)")
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
               f"{args.data} split {args.split}")
         return 0
     if not args.path:
-        raise UserError("--path TEACHER_CHECKPOINT is required (or --verify)")
+        raise UserError("--path TEACHER_CHECKPOINT (or A.pt:B.pt for an ensemble) is required (or --verify)")
     result = build_cache(
         args.data, args.path, args.out, split=args.split, topk=args.topk, max_tokens=args.max_tokens,
         max_sentences=args.batch_size, num_shards=args.num_shards, shard_id=args.shard_id,
@@ -71,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"shards done; still missing shard ids {result['missing']} of {args.num_shards}: "
               f"the header is written when the last one finishes", json.dumps(summary))
     else:
+        teachers = len(header.get("teachers", [])) or 1
         print(f"{header_path(args.out, args.split)}: {header['num_sentences']} sentences, "
-              f"{header['num_tokens']} tokens, top-{header['k']}, {header['bytes']} bytes",
+              f"{header['num_tokens']} tokens, top-{header['k']}"
+              f"{f' of the mean of {teachers} teachers' if teachers > 1 else ''}, {header['bytes']} bytes",
               json.dumps(summary))
     return 0

@@ -7,7 +7,9 @@ where p is the student's distribution, q the teacher's, both at temperature tau,
 cross-entropy summed over target tokens. The teacher distribution comes from the sample
 (keys ``teacher_topk_ids`` / ``teacher_topk_logits``, added by the ``translation_kd`` task from
 a teacher top-k cache; the softmax of the logits is the top-k renormalised) or from an online
-teacher loaded with ``--teacher-path`` (full vocabulary, or its top ``--kd-topk``). The
+teacher loaded with ``--teacher-path`` (full vocabulary, or its top ``--kd-topk``; ``a.pt:b.pt``
+is an ensemble, whose members' probabilities are averaged as the cache builder and fairseq's
+ensemble decoding average them, see ``fairseq_glue.ensemble_log_probs``). The
 criterion learns about the cache only through those two sample keys. Either way the teacher's
 probabilities reach the loss in float32; the online teacher keeps float32 weights under
 --fp16/--bf16 (autocast on a GPU) and a non-finite output stops training with an error.
@@ -35,9 +37,10 @@ from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.fairseq_glue import (
     TEACHER_IDS_KEY,
     TEACHER_LOGITS_KEY,
-    check_teacher_finite,
-    load_teacher,
+    load_teachers,
     teacher_autocast,
+    teacher_names,
+    teacher_paths,
     teacher_topk,
 )
 
@@ -68,13 +71,16 @@ class WordKDConfig(FairseqDataclass):
     teacher_path: Optional[str] = field(  # noqa: UP045
         default=None,
         metadata={"help": "teacher checkpoint run online (eval mode, no grad) for batches that carry "
-                          "no cached teacher distribution (see --teacher-cache of task translation_kd)"},
+                          "no cached teacher distribution (see --teacher-cache of task translation_kd); "
+                          "a.pt:b.pt: an ensemble of teachers of the same vocabulary, their probabilities "
+                          "averaged as fairseq-generate's ensemble averages them"},
     )
     teacher_dict: Optional[str] = field(  # noqa: UP045
         default=None,
         metadata={"help": "the online teacher's target dictionary (dict.LANG.txt of the data it was "
                           "trained on), checked symbol by symbol against this data's; default: the one in "
-                          "the data folder its checkpoint names (an error if that is not readable)"},
+                          "the data folder its checkpoint names (an error if that is not readable); for an "
+                          "ensemble one file for every member, or one per member separated by ':'"},
     )
     teacher_dict_unchecked: bool = field(
         default=False,
@@ -254,12 +260,16 @@ class WordKDCriterion(FairseqCriterion):
         self.topk = kd_topk
         # A plain list, not a submodule: the teacher must stay out of the optimizer, out of the
         # student's checkpoints and out of criterion.train().
+        # Several for an ensemble (--teacher-path a.pt:b.pt).
         self._teacher: list[torch.nn.Module] = []
         self.teacher_path = teacher_path
+        self._teacher_names: list[str] = []
         if teacher_path:
-            self._teacher.append(load_teacher(teacher_path, task, teacher_dict=teacher_dict,
-                                              dict_unchecked=teacher_dict_unchecked))
-            logger.info("word_kd: online teacher %s loaded (eval mode, no grad)", teacher_path)
+            paths = teacher_paths(teacher_path, "--teacher-path")
+            self._teacher = load_teachers(paths, task, teacher_dict, teacher_dict_unchecked)
+            self._teacher_names = teacher_names(paths, "word_kd's online teacher ")
+            logger.info("word_kd: online teacher %s loaded (eval mode, no grad%s)", teacher_path,
+                        f"; an ensemble of {len(paths)}, probabilities averaged" if len(paths) > 1 else "")
 
     def teacher_distribution(self, model, sample) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(ids, float32 probs) from the sample's cached top-k, else from the online teacher, else (None, None)."""
@@ -275,13 +285,13 @@ class WordKDCriterion(FairseqCriterion):
                 ids, logits = ids[..., : self.topk], logits[..., : self.topk]
             return ids, torch.softmax(logits.float(), dim=-1)
         if self._teacher:
-            teacher = self._teacher[0]
             param = next(model.parameters())
-            if next(teacher.parameters()).device != param.device:
-                teacher.to(device=param.device)  # its weights stay float32 whatever the student's dtype
-            with teacher_autocast(param.device, param.dtype):
-                ids, lprobs = teacher_topk(teacher, sample["net_input"], self.topk)
-            check_teacher_finite(lprobs, f"word_kd's online teacher {self.teacher_path}", _ONLINE_TEACHER_FIX)
+            for teacher in self._teacher:
+                if next(teacher.parameters()).device != param.device:
+                    teacher.to(device=param.device)  # its weights stay float32 whatever the student's dtype
+            with teacher_autocast(param.device, param.dtype):  # each member checked before the average
+                ids, lprobs = teacher_topk(self._teacher, self._teacher_names, sample["net_input"], self.topk,
+                                           _ONLINE_TEACHER_FIX)
             return ids, lprobs.float().exp()
         return None, None
 

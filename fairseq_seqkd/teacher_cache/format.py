@@ -6,8 +6,10 @@ cost about what cross-entropy costs. Layout of a cache folder (one folder may ho
 splits):
 
     SPLIT.header.json                   JSON: k, dtypes, split, sentence/token counts, hashes
-                                        of the teacher checkpoint and the target dictionary,
-                                        and the list of shards. Written once every shard is done.
+                                        of the teacher checkpoint(s) and the target dictionary,
+                                        the teachers (path, sha256, bytes; several for an
+                                        ensemble) and the list of shards. Written once every
+                                        shard is done.
     SPLIT.shardIIII-of-NNNN.bin         one shard: sentences [first, first + n) of the split.
     SPLIT.shardIIII-of-NNNN.bin.tmp     a shard being written, or left by an interrupted build.
 
@@ -275,9 +277,9 @@ def _progress(tmp: str, header: dict, offsets: np.ndarray) -> tuple[int | None, 
         return None, "its header is unreadable"
     if size != header["bytes"]:
         return None, f"{size} bytes on disk but {header['bytes']} expected"
-    # the checkpoint's path may change between runs; its sha256 says whether it is the same teacher
+    # the checkpoints' paths may change between runs; their sha256 says whether it is the same teacher
     for key, value in header.items():
-        if key != "teacher_checkpoint" and found.get(key) != value:
+        if key not in ("teacher_checkpoint", "teachers") and found.get(key) != value:
             return None, f"{key} is {found.get(key)!r} there but {value!r} here"
     # a header with checksums: the build died between its final header and the rename
     done = found.get("done_sentences", header["num_sentences"] if "crc32" in found else None)
@@ -430,6 +432,7 @@ def merge_shards(directory: str, split: str) -> dict:
     header.update(
         offsets_dtype=OFFSETS_DTYPE,
         teacher_checkpoint=headers[0]["teacher_checkpoint"],
+        **({"teachers": headers[0]["teachers"]} if "teachers" in headers[0] else {}),
         num_sentences=headers[0]["total_sentences"],
         num_tokens=sum(h["num_tokens"] for h in headers),
         bytes=sum(h["bytes"] for h in headers),
