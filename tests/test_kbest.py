@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import generate_in_process, run_cli
+from conftest import TINY_TRANSFORMER, generate_in_process, run_cli
 
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.seq_kd import kbest
@@ -286,3 +286,147 @@ def test_detokenized_text_is_encoded_with_the_students_spm_model(spm_data, tmp_p
     # detokenized text without the model: not the student's tokens, refused with the fix
     with pytest.raises(UserError, match=r"not in the student's dictionary.*--spm-model, e\.g\. prepared/spm\.model"):
         extract_translations([str(text)], data, str(tmp_path / "nomodel"))
+
+
+# a teacher that has learnt something (d=64, 150 updates: about 15 s each on 2 busy cores): with the 40-update
+# toy teacher's repetitions, one teacher's cluster of near-equal candidates wins every sentence
+POOL_ARCH = [{"32": "64", "64": "128"}.get(a, a) for a in TINY_TRANSFORMER]
+
+
+@pytest.fixture(scope="module")
+def pooled_teachers(spm_data, toy_data_bin, tmp_path_factory):
+    """Two teachers of the sentencepiece student's test split: a fairseq model of the student's vocabulary
+    (fairseq-generate --nbest 4, its pieces) and a CTranslate2 model of another vocabulary (a word-level model
+    trained on the toy corpus and exported, 4-best TSV of detokenized words)."""
+    from conftest import train_tiny
+
+    from fairseq_seqkd.compress.export import export
+    from fairseq_seqkd.teacher.ct2_translate import TranslateConfig, translate_file
+
+    work = tmp_path_factory.mktemp("pooled")
+    data = spm_data / "bin"
+    common = ["--warmup-updates", "20"]
+    fs_ckpt = train_tiny(data, work / "fs_teacher", *common, max_update=150, arch_args=POOL_ARCH)
+    generate_in_process(data, fs_ckpt, work / "fs.txt", "--gen-subset", SPLIT, "--beam", K, "--nbest", K,
+                        "--batch-size", 8)
+    words_ckpt = train_tiny(toy_data_bin, work / "words_teacher", *common, max_update=150, arch_args=POOL_ARCH)
+    export(str(words_ckpt), str(work / "words.pt"), ct2_dir=str(work / "ct2"), quantization="float32",
+           data_dir=str(toy_data_bin))
+    translate_file(str(work / "ct2"), str(spm_data / "prepared" / f"{SPLIT}.raw.en"), str(work / "ct2.tsv"),
+                   TranslateConfig(beam=K, nbest=K, output_format="kbest", threads=1))
+    return work
+
+
+def _hand_pool(lists, n, select_mbr: bool = True, uniform: bool = False):
+    """The pooled choice written out: distinct candidates in order of first appearance, each teacher's
+    log-softmax over its distinct candidates (best score of a repeat), the mean of the teachers'
+    probabilities, then MBR by sacrebleu pair by pair (expected BLEU against the others) or the best weight."""
+    from sacrebleu.metrics import BLEU
+
+    sacre = BLEU(tokenize="none", smooth_method="exp", effective_order=True)
+    chosen = []
+    for sid in range(n):
+        order, per_teacher = [], []
+        for rows in lists:
+            best = {}
+            for score, ids in rows[sid]:
+                if ids not in order:
+                    order.append(ids)
+                best[ids] = max(best.get(ids, -np.inf), score)
+            top = max(best.values())
+            lse = top + np.log(sum(np.exp(s - top) for s in best.values()))
+            per_teacher.append({ids: np.exp(s - lse) for ids, s in best.items()})
+        w = [sum(p.get(ids, 0.0) for p in per_teacher) / len(lists) for ids in order]
+        if select_mbr and len(order) > 1:
+            strings = [" ".join(map(str, ids)) for ids in order]
+            eu = []
+            for a in range(len(order)):
+                others = [b for b in range(len(order)) if b != a]
+                weight = [1.0 if uniform else w[b] for b in others]
+                eu.append(sum(x * sacre.sentence_score(strings[a], [strings[b]]).score for x, b in zip(weight, others))
+                          / sum(weight))
+        else:
+            eu = [0.0] * len(order)
+        top = max(eu)
+        best = max((a for a in range(len(order)) if eu[a] >= top - 1e-9), key=lambda a: (w[a], -a))
+        chosen.append((order[best], [t for t, p in enumerate(per_teacher) if order[best] in p]))
+    return chosen
+
+
+def test_pooled_kbest_lists_of_a_fairseq_and_a_ctranslate2_teacher_chosen_by_mbr(pooled_teachers, spm_data,
+                                                                                  tmp_path, capsys):
+    from fairseq.data import Dictionary
+
+    from fairseq_seqkd.cli import main
+    from fairseq_seqkd.data.prepare import load_sentencepiece, normalize_line
+
+    work, data, spm = pooled_teachers, str(spm_data / "bin"), str(spm_data / "prepared" / "spm.model")
+    d = Dictionary.load(str(spm_data / "bin" / "dict.de.txt"))
+    sp = load_sentencepiece(spm)
+    n = len((spm_data / "prepared" / f"{SPLIT}.raw.en").read_text().splitlines())
+    fs = {}
+    for sid, score, text in _candidates(work / "fs.txt"):
+        fs.setdefault(sid, []).append((float(score) * np.log(2), tuple(d.index(p) for p in text.split())))
+    ct = {}
+    for line in (work / "ct2.tsv").read_text().splitlines():
+        sid, score, text = line.split("\t")
+        pieces = sp.encode(normalize_line(text), out_type=str)
+        ct.setdefault(int(sid), []).append((float(score), tuple(d.index(p) for p in pieces)))
+    # another vocabulary: the CTranslate2 teacher's words are several student pieces
+    assert sum(len(ids) for rows in ct.values() for _, ids in rows) > sum(
+        len(text.split()) for line in (work / "ct2.tsv").read_text().splitlines() for text in [line.split("\t")[2]])
+
+    out = tmp_path / "mbr"
+    assert main(["extract", "--teacher", "fairseq:pieces", str(work / "fs.txt"), "--teacher", "ct2",
+                 str(work / "ct2.tsv"), "--spm-model", spm, "--select", "mbr", "--data", data, "--split", SPLIT,
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = __import__("json").loads((out / f"{SPLIT}.extract.json").read_text())
+    expect = _hand_pool([fs, ct], n)
+    kept = (out / f"text/{SPLIT}.de").read_text().splitlines()
+    assert kept == [d.string(list(ids)) for ids, _ in expect]
+    credit = [sum(t in teachers for _, teachers in expect) for t in (0, 1)]
+    assert [t["chosen"] for t in report["teachers"]] == credit and min(credit) > 0
+    assert [t["chosen_alone"] for t in report["teachers"]] == [
+        sum(teachers == [t] for _, teachers in expect) for t in (0, 1)]
+    assert report["chosen_from_several_teachers"] == sum(len(teachers) > 1 for _, teachers in expect)
+    assert report["selection"] == "mbr" and report["mbr"].startswith("mbr|weights:scores")
+    assert [t["format"] for t in report["teachers"]] == ["fairseq-generate", "kbest-tsv"]
+    assert [t["encoding"] for t in report["teachers"]] == ["pieces", "sentencepiece"]
+    distinct = sum(len({ids for rows in (fs, ct) for _, ids in rows[sid]}) for sid in range(n))
+    assert report["candidates_read"] == 2 * K * n and report["pooled_candidates"] == distinct
+    assert f"chosen: fairseq {credit[0]}" in printed and "credited to each" in printed
+
+    # the best pooled weight; Seq-Inter still refuses nothing here (the split has references)
+    report = extract_pooled_cli(main, work, data, spm, tmp_path / "best", "best")
+    kept = (tmp_path / "best" / f"text/{SPLIT}.de").read_text().splitlines()
+    assert kept == [d.string(list(ids)) for ids, _ in _hand_pool([fs, ct], n, select_mbr=False)]
+    assert extract_pooled_cli(main, work, data, spm, tmp_path / "inter", "seq-inter")["bleu"] == \
+        SentenceBLEU().signature()
+
+    # a third teacher: the fairseq teacher's lists detokenized, its scores shifted by 7 (normalized away):
+    # re-encoded, most of its candidates are the fairseq teacher's own, one candidate credited to both
+    rows = _candidates(work / "fs.txt")
+    detok = _tsv(tmp_path / "detok.tsv", [(sid, float(score) * np.log(2) + 7, sp.decode(text.split()))
+                                          for sid, score, text in rows])
+    again = {}
+    for sid, score, text in rows:
+        pieces = sp.encode(normalize_line(sp.decode(text.split())), out_type=str)
+        again.setdefault(sid, []).append((float(score) * np.log(2) + 7, tuple(d.index(p) for p in pieces)))
+    assert main(["extract", "--teacher", "fairseq:pieces", str(work / "fs.txt"), "--teacher", "ct2",
+                 str(work / "ct2.tsv"), "--teacher", "detok", str(detok), "--spm-model", spm, "--select", "mbr",
+                 "--mbr-weights", "uniform", "--data", data, "--split", SPLIT, "--out", str(tmp_path / "three")]) == 0
+    report = __import__("json").loads((tmp_path / "three" / f"{SPLIT}.extract.json").read_text())
+    expect = _hand_pool([fs, ct, again], n, uniform=True)
+    assert (tmp_path / "three" / f"text/{SPLIT}.de").read_text().splitlines() == [
+        d.string(list(ids)) for ids, _ in expect]
+    assert [t["chosen"] for t in report["teachers"]] == [sum(t in ts for _, ts in expect) for t in range(3)]
+    several = sum(len(ts) > 1 for _, ts in expect)
+    assert report["chosen_from_several_teachers"] == several > 0 and report["duplicates_merged"] >= K * n // 2
+
+
+def extract_pooled_cli(main, work, data, spm, out, select):
+    assert main(["extract", "--teacher", "fairseq:pieces", str(work / "fs.txt"), "--teacher", "ct2:spm",
+                 str(work / "ct2.tsv"), "--spm-model", spm, "--select", select, "--data", data, "--split", SPLIT,
+                 "--out", str(out)]) == 0
+    return __import__("json").loads((out / f"{SPLIT}.extract.json").read_text())

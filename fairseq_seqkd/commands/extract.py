@@ -5,14 +5,26 @@ from __future__ import annotations
 import argparse
 
 from fairseq_seqkd.errors import UserError
-from fairseq_seqkd.seq_kd.corpus import EMPTY_POLICIES, MAX_UNK_RATE, SHARD_NAME, extract_corpus, extract_translations
+from fairseq_seqkd.seq_kd.corpus import (
+    EMPTY_POLICIES,
+    MAX_UNK_RATE,
+    SHARD_NAME,
+    Teacher,
+    extract_corpus,
+    extract_pooled,
+    extract_translations,
+    parse_teacher,
+)
+from fairseq_seqkd.seq_kd.kbest import ENCODINGS, SELECTIONS
+from fairseq_seqkd.seq_kd.mbr import MBR, UTILITIES, WEIGHTS
 from fairseq_seqkd.seq_kd.sentence_bleu import SMOOTH_METHODS, SentenceBLEU
 
 # reads fairseq's binarized splits and its tokenizer in this process
 NEEDS_FAIRSEQ = True
 HELP = ("merge fairseq-generate outputs of a split (Seq-KD: teacher beam output; Seq-Inter: with "
-        "--seq-inter), or another toolkit's translations (--translations, --kbest), into a parallel corpus "
-        "in the original order, checked and binarized with the original dictionaries")
+        "--seq-inter), or another toolkit's translations (--translations, --kbest), or several teachers' "
+        "K-best lists pooled (--teacher), into a parallel corpus in the original order, checked and binarized "
+        "with the original dictionaries")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -52,6 +64,23 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "log-probability, higher is better), any order, 1..K per id, each id in one file; "
                         "the best-scoring candidate of each sentence is kept (with --seq-inter: the closest "
                         "to the reference)")
+    g.add_argument("--teacher", nargs="+", action="append", default=None, metavar="NAME[:ENCODING] FILE",
+                   help="one teacher's K-best lists: fairseq-generate --nbest output or K-best TSV files (each "
+                        "recognised by its lines), once per teacher: the candidates of all teachers are pooled per "
+                        "sentence (equal token ids after re-encoding are one candidate), each teacher's scores "
+                        "normalized per sentence (log-softmax), and one chosen by --select; ENCODING of its text: "
+                        f"{', '.join(ENCODINGS)} (default: spm with --spm-model, pieces with --pieces, else words; "
+                        "fairseq-generate output: pieces/words read H- lines, spm the D- lines of --post-process)")
+    g.add_argument("--select", choices=SELECTIONS, default=None,
+                   help="with --kbest or --teacher: the candidate kept per sentence: best (highest score; pooled: "
+                        "highest pooled weight; the default), seq-inter (closest to the reference, as --seq-inter) "
+                        "or mbr (highest expected sentence BLEU against the other candidates: needs no reference)")
+    g.add_argument("--mbr-weights", choices=WEIGHTS, default="scores",
+                   help="--select mbr: weigh the other candidates by the softmax of their (pooled) scores, or "
+                        "uniformly (default scores)")
+    g.add_argument("--mbr-utility", choices=UTILITIES, default="bleu",
+                   help="--select mbr: the utility, sentence BLEU on token ids with the --seq-inter-smooth-* "
+                        "options (default bleu)")
     g.add_argument("--seq-inter", action="store_true",
                    help="with --kbest: keep the candidate closest to the data's reference by smoothed "
                         "sentence BLEU on token ids (ties: higher score, then earlier line), as "
@@ -76,15 +105,35 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    given = [bool(args.generated), args.translations is not None, args.kbest is not None]
+    given = [bool(args.generated), args.translations is not None, args.kbest is not None, args.teacher is not None]
     if sum(given) != 1:
-        raise UserError("give one input: fairseq-generate output (positional), --translations FILE or "
-                        "--kbest TSV [TSV ...]")
+        raise UserError("give one input: fairseq-generate output (positional), --translations FILE, "
+                        "--kbest TSV [TSV ...] or --teacher NAME FILE [FILE ...] (once per teacher)")
+    select = args.select or ("seq-inter" if args.seq_inter else "best")
+    if args.seq_inter and select != "seq-inter":
+        raise UserError(f"--seq-inter and --select {args.select} disagree: give one of them")
+    if args.select and args.kbest is None and args.teacher is None:
+        raise UserError("--select chooses among K-best candidates: give --kbest or --teacher lists")
+    bleu = SentenceBLEU(args.seq_inter_smooth_method, args.seq_inter_smooth_value,
+                        not args.seq_inter_no_effective_order)
+    if args.teacher is not None or select == "mbr":
+        default = "spm" if args.spm_model else "pieces" if args.pieces else "words"
+        teachers = ([parse_teacher(spec, default) for spec in args.teacher] if args.teacher is not None
+                    else [Teacher("kbest", list(args.kbest), default)])
+        r = extract_pooled(teachers, args.data, args.out, split=args.split, select=select, spm_model=args.spm_model,
+                           bleu=bleu, mbr=MBR(args.mbr_utility, args.mbr_weights, bleu),
+                           source_lang=args.source_lang, target_lang=args.target_lang, source_text=args.source_text,
+                           empty=args.empty, copy_splits=not args.no_copy_splits, max_unk_rate=args.max_unk_rate,
+                           threads=args.threads)
+        credits = ", ".join(f"{t['name']} {t['chosen']} ({t['chosen_alone']} alone)" for t in r["teachers"])
+        print(f"{r['split']}: {r['written']} of {r['sentences']} sentence pairs from {len(r['teachers'])} "
+              f"teacher(s), {r['pooled_candidates']} distinct of {r['candidates_read']} candidates ({r['selection']}); "
+              f"chosen: {credits}; {r['chosen_from_several_teachers']} proposed by several teachers, credited to "
+              f"each; {r['empty_hypotheses']} empty ({r['empty_policy']}) -> {args.out}")
+        return 0
     if not args.generated:
-        bleu = SentenceBLEU(args.seq_inter_smooth_method, args.seq_inter_smooth_value,
-                            not args.seq_inter_no_effective_order)
         r = extract_translations(args.kbest or [args.translations], args.data, args.out, split=args.split,
-                                 kbest=args.kbest is not None, seq_inter=args.seq_inter,
+                                 kbest=args.kbest is not None, seq_inter=select == "seq-inter",
                                  spm_model=args.spm_model, pieces=args.pieces, bleu=bleu,
                                  source_lang=args.source_lang, target_lang=args.target_lang,
                                  source_text=args.source_text, empty=args.empty,

@@ -41,7 +41,9 @@ equal (equal token statistics give equal values).
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -51,7 +53,9 @@ import numpy as np
 
 from fairseq_seqkd.data.prepare import load_sentencepiece, normalize_line
 from fairseq_seqkd.errors import UserError
+from fairseq_seqkd.seq_kd.mbr import MBR, choose_in_groups
 from fairseq_seqkd.seq_kd.sentence_bleu import TIE_TOLERANCE, SentenceBLEU
+from fairseq_seqkd.teacher.generate_output import UNTAGGED, iter_blocks
 
 FIELDS = ("sentence_id", "score", "text")
 CHUNK_LINES = 1 << 13  # lines read, encoded and compared at a time: what is resident, whatever the file size
@@ -377,3 +381,177 @@ class KBestChoice:
         ends = np.cumsum(sizes)
         parts = [tokens[e - z:e] for e, z in zip(ends[kept].tolist(), sizes[kept].tolist())]
         return chunk.ids[kept], (np.concatenate(parts) if parts else tokens[:0]), sizes[kept], repeats
+
+
+# --- Pooled K-best lists: several teachers' candidates of a sentence, merged and chosen among ---
+
+ENCODINGS = ("spm", "pieces", "words")  # how a teacher's text becomes the student's tokens (TokenEncoder)
+SELECTIONS = ("best", "seq-inter", "mbr")
+LN2 = math.log(2.0)
+
+
+def is_generate_output(path: str) -> bool:
+    """Whether ``path`` is fairseq-generate output (tagged ``S-``/``H-`` lines) rather than a K-best TSV."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        for raw in islice(f, 1000):
+            line = raw.rstrip(b"\r\n")
+            if not line:
+                continue
+            if re.match(rb"-?\d+\t", line):
+                return False
+            if re.match(rb"[A-Z]-\d+\t", line):
+                return True
+    return False  # a TSV, or a file whose first lines are neither: read_kbest names the bad line
+
+
+def read_generate_kbest(path: str, n: int, detokenized: bool = False) -> Iterator[Candidates]:
+    """Every hypothesis of fairseq-generate output (``--nbest K``) as K-best candidates.
+
+    The text is the ``H-`` line's (the teacher's tokens), or with ``detokenized`` the ``D-`` line's
+    (generated with ``--post-process``, for a teacher of another vocabulary); the score, which
+    fairseq prints in base 2, is converted to a natural logarithm as other toolkits write it.
+    """
+    tag = "D" if detokenized else "H"
+    ids, scores, numbers, texts, keys = [], [], [], [], []
+    for sid, block in iter_blocks(path, errors="strict"):
+        if sid == UNTAGGED:
+            continue
+        for number, t, rest in block:
+            if t != tag:
+                continue
+            score, tab, text = rest.partition("\t")
+            try:
+                value = float(score)
+            except ValueError:
+                value = math.nan
+            if not tab or not math.isfinite(value):
+                raise UserError(f"{path}: line {number}: {t}-{sid} is not score<TAB>text: fairseq-generate "
+                                "writes it so; the file is cut or was edited")
+            if not 0 <= sid < n:
+                raise UserError(f"{path}: line {number}: sentence id {sid} is outside the split's {n} sentences: "
+                                "the output was generated from other data or another --gen-subset")
+            ids.append(sid)
+            scores.append(value * LN2)
+            numbers.append(number)
+            texts.append(text)
+            keys.append(hash((sid, score, text)))
+        if len(ids) >= CHUNK_LINES:
+            yield Candidates(np.array(ids, np.int64), np.array(scores), np.array(numbers, np.int64), texts,
+                             np.array(keys, np.int64))
+            ids, scores, numbers, texts, keys = [], [], [], [], []
+    if ids:
+        yield Candidates(np.array(ids, np.int64), np.array(scores), np.array(numbers, np.int64), texts,
+                         np.array(keys, np.int64))
+
+
+@dataclass
+class Pool:
+    """The distinct candidates of some sentences, pooled from several teachers, grouped by sentence.
+
+    ``log_weight`` is the log of the pooled weight (module of :func:`pool_candidates`);
+    ``teachers`` a bit mask of the teachers that proposed the candidate; ``first`` the position
+    of its first proposal in the input (teacher by teacher, file by file, line by line).
+    """
+
+    sid: np.ndarray
+    group_sizes: np.ndarray
+    tokens: np.ndarray  # packed, EOS included
+    sizes: np.ndarray
+    log_weight: np.ndarray
+    teachers: np.ndarray
+    first: np.ndarray
+
+
+def _logsumexp_at(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """log(sum(exp(values))) over the runs of ``values`` that begin at ``starts``."""
+    top = np.maximum.reduceat(values, starts)
+    run = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(values)]))
+    return top + np.log(np.add.reduceat(np.exp(values - top[run]), starts))
+
+
+def pool_candidates(sid: np.ndarray, teacher: np.ndarray, tokens: np.ndarray, sizes: np.ndarray,
+                    scores: np.ndarray, n_teachers: int) -> Pool:
+    """Merge the candidates (in input order) of several teachers per sentence.
+
+    - Candidates with the same token ids (after re-encoding into the student's tokens) are one
+      candidate; a teacher that proposed it more than once keeps its best score for it.
+    - Each teacher's scores are normalized per sentence: the log-softmax over that teacher's
+      distinct candidates, ``log p_t(c) = s_t(c) - log sum_c' exp(s_t(c'))`` (scores taken as
+      natural-log probabilities), so that teachers whose scores are on other scales (per token or
+      not, other lengths, other K) weigh the same.
+    - The pooled weight is the teachers' mixture: ``w(c) = (1/T) sum_t p_t(c)``, ``p_t(c) = 0``
+      where teacher t did not propose c, T = ``n_teachers`` (every teacher has every sentence).
+    """
+    m = len(sid)
+    starts = np.cumsum(sizes) - sizes
+    order = np.argsort(sid, kind="stable")
+    # distinct candidates per sentence, numbered in order of first appearance
+    seen: dict[tuple[int, bytes], int] = {}
+    distinct = np.empty(m, np.int64)
+    for k in order.tolist():
+        key = (int(sid[k]), tokens[starts[k]:starts[k] + sizes[k]].tobytes())
+        distinct[k] = seen.setdefault(key, len(seen))
+    d = len(seen)
+    # best score per (distinct candidate, teacher)
+    entry = distinct * n_teachers + teacher
+    by_entry = np.lexsort((-scores, entry))
+    head = np.r_[True, entry[by_entry][1:] != entry[by_entry][:-1]]
+    best = by_entry[head]  # one row per (candidate, teacher): its best score
+    # log-softmax per (sentence, teacher) over the teacher's distinct candidates
+    st = sid[best] * n_teachers + teacher[best]
+    by_st = np.argsort(st, kind="stable")
+    st_starts = np.flatnonzero(np.r_[True, st[by_st][1:] != st[by_st][:-1]])
+    lse = _logsumexp_at(scores[best][by_st], st_starts)
+    log_p = np.empty(len(best))
+    log_p[by_st] = scores[best][by_st] - np.repeat(lse, np.diff(np.r_[st_starts, len(by_st)]))
+    # mixture per distinct candidate (the rows of `best` are sorted by candidate)
+    cand = distinct[best]
+    c_starts = np.flatnonzero(np.r_[True, cand[1:] != cand[:-1]])
+    log_weight = _logsumexp_at(log_p, c_starts) - math.log(n_teachers)
+    mask = np.bitwise_or.reduceat(np.left_shift(1, teacher[best].astype(np.int64)), c_starts)
+    # the first proposal of each distinct candidate: its sentence, its tokens, its place in the input
+    first = np.full(d, m, np.int64)
+    np.minimum.at(first, distinct, np.arange(m))
+    group_sizes = np.bincount(sid[first], minlength=int(sid.max()) + 1 if m else 0)
+    group_sizes = group_sizes[group_sizes > 0]
+    out_tokens, out_sizes = _take(tokens, starts, sizes, first)
+    return Pool(sid[first], group_sizes, out_tokens, out_sizes, log_weight, mask, first)
+
+
+def _take(tokens: np.ndarray, starts: np.ndarray, sizes: np.ndarray, which: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    sel = sizes[which]
+    offsets = np.repeat(starts[which] - (np.cumsum(sel) - sel), sel)
+    return tokens[np.arange(int(sel.sum())) + offsets], sel
+
+
+def choose_pooled(pool: Pool, select: str, strip: Sequence[int], mbr: MBR | None = None,
+                  bleu: SentenceBLEU | None = None,
+                  references: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """The index into ``pool`` of each sentence's chosen candidate.
+
+    ``best``: the highest pooled weight; ``seq-inter``: the closest to the reference by ``bleu``
+    (``references``: packed token ids and sizes of the pool's sentences, in order), ties to the
+    higher pooled weight; ``mbr``: :class:`fairseq_seqkd.seq_kd.mbr.MBR`, the pooled weights as
+    its scores. Ties left are broken by the earlier candidate. ``strip``: ids (EOS, padding) that
+    are not words.
+    """
+    if select == "best":
+        return choose_in_groups(pool.log_weight, np.zeros(len(pool.sid)), pool.group_sizes)
+    strip_ids = np.array(sorted(set(strip)), np.int64)
+    keep = ~np.isin(pool.tokens, strip_ids)
+    lens = np.bincount(np.repeat(np.arange(len(pool.sizes)), pool.sizes)[keep], minlength=len(pool.sizes))
+    words = pool.tokens[keep]
+    if select == "seq-inter":
+        ref_tokens, ref_sizes = references
+        ref_keep = ~np.isin(ref_tokens, strip_ids)
+        ref_lens = np.bincount(np.repeat(np.arange(len(ref_sizes)), ref_sizes)[ref_keep], minlength=len(ref_sizes))
+        index = np.repeat(np.arange(len(pool.group_sizes)), pool.group_sizes)
+        values = (bleu or SentenceBLEU()).score_packed(words, lens, ref_tokens[ref_keep], ref_lens, index)
+        return choose_in_groups(values, pool.log_weight, pool.group_sizes)
+    if select == "mbr":
+        chosen, _ = (mbr or MBR()).choose(words, lens, pool.group_sizes, pool.log_weight)
+        return chosen
+    raise ValueError(f"unknown selection {select!r}; choose one of {', '.join(SELECTIONS)}")

@@ -15,8 +15,10 @@ from fairseq_seqkd.io_utils import check_free_space
 from fairseq_seqkd.seq_kd.corpus import writer
 from fairseq_seqkd.seq_kd.corpus.data import language_pair_data, other_split_files, text_lines
 from fairseq_seqkd.seq_kd.corpus.generate_source import GenerateSource
+from fairseq_seqkd.seq_kd.corpus.pool_source import PooledSource, Teacher
 from fairseq_seqkd.seq_kd.corpus.source import HypothesisSource, Split
 from fairseq_seqkd.seq_kd.corpus.translation_source import MAX_UNK_RATE, TranslationSource
+from fairseq_seqkd.seq_kd.mbr import MBR
 from fairseq_seqkd.seq_kd.sentence_bleu import SentenceBLEU
 
 EMPTY_POLICIES = ("reference", "drop", "error")
@@ -133,4 +135,21 @@ def extract_translations(translations: list[str], data: str, out: str, split: st
     empty = empty or "error"
     _check_policy(empty, "translation")
     source = TranslationSource(translations, kbest, seq_inter, spm_model, pieces, bleu, max_unk_rate, threads)
+    return build_corpus(source, data, out, split, source_lang, target_lang, source_text, empty, copy_splits)
+
+
+def extract_pooled(teachers: list[Teacher], data: str, out: str, split: str = "train", select: str = "best",
+                   spm_model: str | None = None, bleu: SentenceBLEU | None = None, mbr: MBR | None = None,
+                   source_lang: str | None = None, target_lang: str | None = None, source_text: str | None = None,
+                   empty: str | None = None, copy_splits: bool = True, max_unk_rate: float = MAX_UNK_RATE,
+                   threads: int = 0) -> dict:
+    """A binarized corpus in ``out`` from several teachers' K-best lists of ``split``, pooled; return the report.
+
+    See :mod:`~fairseq_seqkd.seq_kd.corpus.pool_source`: ``select`` is ``best`` (the highest pooled
+    weight), ``seq-inter`` (closest to the reference by ``bleu``) or ``mbr`` (``mbr``; no reference
+    needed). ``empty`` (default ``error``) as for :func:`extract_translations`.
+    """
+    empty = empty or "error"
+    _check_policy(empty, "translation")
+    source = PooledSource(teachers, select, spm_model, bleu, mbr, max_unk_rate, threads)
     return build_corpus(source, data, out, split, source_lang, target_lang, source_text, empty, copy_splits)
