@@ -430,3 +430,42 @@ def extract_pooled_cli(main, work, data, spm, out, select):
                  str(work / "ct2.tsv"), "--spm-model", spm, "--select", select, "--data", data, "--split", SPLIT,
                  "--out", str(out)]) == 0
     return __import__("json").loads((out / f"{SPLIT}.extract.json").read_text())
+
+
+def test_pooled_lists_in_ranges_and_their_faults(lists, toy_data_bin, tmp_path, monkeypatch):
+    """One teacher given as fairseq-generate output and as TSV: read in ranges of sentence ids, the same corpus;
+    --kbest with --select mbr is a pool of one; a sentence one teacher lacks, a line given twice are refused."""
+    from fairseq_seqkd.seq_kd.corpus import Teacher, extract_pooled, pool_source
+
+    data = str(toy_data_bin)
+    rows = _candidates(lists / "nbest.txt")
+    tsv = _tsv(tmp_path / "k.tsv", [(sid, float(score) * np.log(2), text) for sid, score, text in rows])
+    teachers = [Teacher("gen", [str(lists / "nbest.txt")], "words"), Teacher("tsv", [str(tsv)], "words")]
+    whole = extract_pooled(teachers, data, str(tmp_path / "whole"), split=SPLIT, select="mbr")
+    monkeypatch.setattr(pool_source, "BUCKET_SENTENCES", 7)
+    monkeypatch.setattr(kbest, "CHUNK_LINES", 30)
+    ranged = extract_pooled(teachers, data, str(tmp_path / "ranged"), split=SPLIT, select="mbr")
+    _same(tmp_path / "whole", tmp_path / "ranged")
+    # the two teachers propose the same candidates with the same scores: every choice credits both
+    assert [t["chosen"] for t in ranged["teachers"]] == [N, N] and ranged["chosen_from_several_teachers"] == N
+    assert ranged["duplicates_merged"] == K * N == whole["duplicates_merged"]
+    from fairseq_seqkd.cli import main
+
+    assert main(["extract", "--kbest", str(tsv), "--select", "mbr", "--data", data, "--split", SPLIT,
+                 "--out", str(tmp_path / "one")]) == 0
+    _same(tmp_path / "one", tmp_path / "whole")
+
+    short = _tsv(tmp_path / "short.tsv", [r for r in rows if r[0] != 9])
+    with pytest.raises(UserError, match=rf"have no candidate in {short} \(ids 9\)"):
+        extract_pooled([teachers[0], Teacher("short", [str(short)], "words")], data, str(tmp_path / "o"),
+                       split=SPLIT, select="mbr")
+    twice = _tsv(tmp_path / "twice.tsv", rows + rows[:3])
+    with pytest.raises(UserError, match=r"3 lines repeat an earlier line of the same teacher and sentence"):
+        extract_pooled([Teacher("twice", [str(twice)], "words")], data, str(tmp_path / "o"), split=SPLIT)
+    with pytest.raises(UserError, match="given more than once"):
+        extract_pooled([teachers[1], Teacher("again", [str(tsv)], "words")], data, str(tmp_path / "o"), split=SPLIT)
+    with pytest.raises(UserError, match="encoding spm needs the student's sentencepiece model"):
+        extract_pooled([Teacher("a", [str(tsv)], "spm")], data, str(tmp_path / "o"), split=SPLIT)
+    with pytest.raises(UserError, match="unknown encoding 'bpe'"):
+        pool_source.parse_teacher(["a:bpe", str(tsv)], "words")
+    assert not (tmp_path / "o").exists()
