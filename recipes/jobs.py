@@ -717,12 +717,23 @@ def check_raw_files(files: Sequence[str], raw_dir: str, data_script: str | None)
 def student_seeds(config: dict) -> list[int]:
     """The students' training seeds: the first is train_args' own (``--seed`` there, else fairseq's 1), the
     systems of the main table; each further one trains the seeded students again (a plan-time error else)."""
-    seeds = config["student_seeds"]
+    return training_seeds(config, "student_seeds")
+
+
+def teacher_seeds(config: dict) -> list[int]:
+    """The teachers' seeds (``teacher_seeds``): the first is train_args' own, the teacher of the table; with
+    more, each further one trains teacher.seedS, and the teachers' ensemble does the teacher's work."""
+    return training_seeds(config, "teacher_seeds")
+
+
+def training_seeds(config: dict, key: str) -> list[int]:
+    """The seeds of setting ``key``: distinct whole numbers, the first train_args' own seed."""
+    seeds = config[key]
     seeds = [seeds] if isinstance(seeds, (int, str)) else list(seeds or [])
     # --config student_seeds=[1,2,3] gives strings
     whole = all(str(s).strip().isdecimal() and not isinstance(s, bool) for s in seeds)
     if not seeds or not whole or len({int(s) for s in seeds}) < len(seeds):
-        raise ValueError(f"student_seeds: {config['student_seeds']!r}; give distinct whole numbers, e.g. [1, 2, 3]")
+        raise ValueError(f"{key}: {config[key]!r}; give distinct whole numbers, e.g. [1, 2, 3]")
     seeds = [int(s) for s in seeds]
     options = args(config["train_args"]) + args(config["extra_train_args"])
     own = 1  # fairseq's default
@@ -730,7 +741,7 @@ def student_seeds(config: dict) -> list[int]:
         if option == "--seed":
             own = int(value)
     if seeds[0] != own:
-        raise ValueError(f"student_seeds: {seeds!r} starts with {seeds[0]}, but the trainings' own seed (train_args) "
+        raise ValueError(f"{key}: {seeds!r} starts with {seeds[0]}, but the trainings' own seed (train_args) "
                          f"is {own}: the first seed is the main table's; write [{own}, ...]")
     return seeds
 

@@ -75,6 +75,17 @@ def test_report_writes_table_json_and_plots(tmp_path):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", paths
 
 
+def test_the_teacher_ensemble_is_a_row_of_the_teachers_size(tmp_path):
+    res = tmp_path / "results"
+    for name, bleu in (("teacher", 30.0), ("teacher_ensemble", 31.2), ("baseline", 25.0)):
+        update_system_result(str(res), name, {"bleu_greedy": bleu, "bleu_beam": bleu + 1})
+    write_report(str(tmp_path))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert list(report["systems"]) == ["teacher", "teacher_ensemble", "baseline"]
+    row = next(line for line in (tmp_path / "report.md").read_text().splitlines() if "Teacher ensemble" in line)
+    assert "31.2" in row and "+1.2" in row, row  # its delta is from the single teacher, not from the baseline
+
+
 def _results(folder, bleu: float) -> None:
     """Three systems' results in ``folder``, greedy BLEU from ``bleu`` up."""
     for i, name in enumerate(("teacher", "baseline", "seq_kd")):

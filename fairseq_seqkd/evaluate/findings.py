@@ -39,6 +39,7 @@ SEQ_KD_WORD_KD = "seq_kd_word_kd"  # Seq-KD data with Word-KD throughout: where 
 COMBINED = "seq_kd_seq_inter_word_kd"
 # "X + Seq-Inter": X fine-tuned on the Seq-Inter data (the baseline's is "seq_inter", the paper's first)
 TEACHER_SEQ_INTER = "teacher_seq_inter"
+TEACHER_ENSEMBLE = "teacher_ensemble"  # teacher_seeds' teachers together: the teacher's work when there are several
 WORD_KD_SEQ_INTER = "word_kd_seq_inter"
 SEQ_KD_SEQ_INTER = "seq_kd_seq_inter"
 # the students of the paper's Table 1, in its order

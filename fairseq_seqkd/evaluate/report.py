@@ -24,6 +24,7 @@ from fairseq_seqkd.evaluate.findings import (
     SEQ_KD_SEQ_INTER,
     SEQ_KD_WORD_KD,
     STUDENTS,
+    TEACHER_ENSEMBLE,
     TEACHER_SEQ_INTER,
     WORD_KD_SEQ_INTER,
     check_findings,
@@ -40,10 +41,12 @@ from fairseq_seqkd.io_utils import atomic_write_text
 logger = logging.getLogger(__name__)
 
 # The systems of the paper's Table 1, in its order; a run may have any subset, plus extras.
-SYSTEMS = ["teacher", TEACHER_SEQ_INTER, *STUDENTS, "pruned", "pruned_ct2_int8"]
-TEACHER_SIZE = {"teacher", TEACHER_SEQ_INTER}  # compared with the teacher; every other system with the baseline
+SYSTEMS = ["teacher", TEACHER_ENSEMBLE, TEACHER_SEQ_INTER, *STUDENTS, "pruned", "pruned_ct2_int8"]
+# compared with the teacher; every other system with the baseline
+TEACHER_SIZE = {"teacher", TEACHER_ENSEMBLE, TEACHER_SEQ_INTER}
 LABELS = {
     "teacher": "Teacher",
+    TEACHER_ENSEMBLE: "Teacher ensemble",
     TEACHER_SEQ_INTER: "Teacher + Seq-Inter",
     "baseline": "Baseline student",
     "word_kd": "Word-KD",
