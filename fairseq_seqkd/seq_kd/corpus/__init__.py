@@ -10,11 +10,11 @@ It streams: millions of sentences fit in a fixed amount of memory.
 """
 
 from fairseq_seqkd.seq_kd.corpus.build import (
-           EMPTY_POLICIES,
-           build_corpus,
-           extract_corpus,
-           extract_pooled,
-           extract_translations,
+    EMPTY_POLICIES,
+    build_corpus,
+    extract_corpus,
+    extract_pooled,
+    extract_translations,
 )
 from fairseq_seqkd.seq_kd.corpus.generate_source import SHARD_NAME, GenerateSource, shard_files
 from fairseq_seqkd.seq_kd.corpus.pool_source import PooledSource, Teacher, parse_teacher
