@@ -455,6 +455,22 @@ def test_pooled_lists_in_ranges_and_their_faults(lists, toy_data_bin, tmp_path, 
                  "--out", str(tmp_path / "one")]) == 0
     _same(tmp_path / "one", tmp_path / "whole")
 
+    # a split without its target side (monolingual source): MBR needs no reference, Seq-Inter is refused
+    import shutil
+
+    mono = tmp_path / "mono"
+    mono.mkdir()
+    for name in ("dict.en.txt", "dict.de.txt", f"{SPLIT}.en-de.en.bin", f"{SPLIT}.en-de.en.idx"):
+        shutil.copyfile(toy_data_bin / name, mono / name)
+    report = extract_pooled(teachers, str(mono), str(tmp_path / "mono_out"), split=SPLIT, select="mbr",
+                            source_lang="en", target_lang="de")
+    assert report["written"] == N
+    assert (tmp_path / "mono_out" / f"text/{SPLIT}.de").read_bytes() == \
+        (tmp_path / "whole" / f"text/{SPLIT}.de").read_bytes()
+    with pytest.raises(UserError, match="no target side: Seq-Inter needs the references.*--select mbr"):
+        extract_pooled(teachers, str(mono), str(tmp_path / "o"), split=SPLIT, select="seq-inter",
+                       source_lang="en", target_lang="de")
+
     short = _tsv(tmp_path / "short.tsv", [r for r in rows if r[0] != 9])
     with pytest.raises(UserError, match=rf"have no candidate in {short} \(ids 9\)"):
         extract_pooled([teachers[0], Teacher("short", [str(short)], "words")], data, str(tmp_path / "o"),
