@@ -138,6 +138,7 @@ def shared_data() -> Path:
 # The quick tier (`make check`, after every change) leaves out the pipeline runs (marker recipes) and
 # these, each of which trains or translates for 8 seconds or more on 2 cores; `make test` runs all.
 SLOW = (
+    "test_kbest.py::test_pooled_kbest_lists_of_a_fairseq_and_a_ctranslate2_teacher_chosen_by_mbr",  # two teachers
     "test_ct2_teacher.py",
     "test_teacher_folder.py",
     "test_atomic_checkpoint.py",
