@@ -18,10 +18,15 @@ from fairseq_seqkd.seq_kd.corpus.generate_source import GenerateSource
 from fairseq_seqkd.seq_kd.corpus.pool_source import PooledSource, Teacher
 from fairseq_seqkd.seq_kd.corpus.source import HypothesisSource, Split
 from fairseq_seqkd.seq_kd.corpus.translation_source import MAX_UNK_RATE, TranslationSource
+from fairseq_seqkd.seq_kd.filters import CorpusFilter, Filters
 from fairseq_seqkd.seq_kd.mbr import MBR
 from fairseq_seqkd.seq_kd.sentence_bleu import SentenceBLEU
 
 EMPTY_POLICIES = ("reference", "drop", "error")
+NO_SCORES = ("--filter-score-quantile needs the teacher's score of each translation, comparable across sentences: "
+             "fairseq-generate output (the H- line's score) or --kbest lists (the kept candidate's score). A "
+             "line-aligned --translations file has none, and pooled lists (--teacher, --select mbr) have weights "
+             "normalized per sentence: leave the option out, or give K-best lists with --kbest")
 
 
 def _check_policy(empty: str, what: str) -> None:
@@ -32,13 +37,18 @@ def _check_policy(empty: str, what: str) -> None:
 
 def build_corpus(source: HypothesisSource, data: str, out: str, split: str = "train",
                  source_lang: str | None = None, target_lang: str | None = None, source_text: str | None = None,
-                 empty: str = "reference", copy_splits: bool = True) -> dict:
+                 empty: str = "reference", copy_splits: bool = True, filters: Filters | None = None) -> dict:
     """The corpus of ``split`` of ``data`` with ``source``'s hypotheses as targets, in ``out``; return the report.
 
-    Pass 1 is the source's; then empty hypotheses are handled (``empty``), the pairs written and
-    the files moved into ``out`` (:mod:`~fairseq_seqkd.seq_kd.corpus.writer`).
+    Pass 1 is the source's; then empty hypotheses are handled (``empty``), the threshold of the
+    score filter computed over the whole split, the pairs written, those that ``filters`` drop
+    left out and listed (:mod:`~fairseq_seqkd.seq_kd.filters`), and the files moved into ``out``
+    (:mod:`~fairseq_seqkd.seq_kd.corpus.writer`).
     """
     _check_policy(empty, "hypothesis")
+    filters = filters if filters is not None and filters.active() else None
+    if filters is not None:
+        filters.check()
     task, src_reader, reference, folder = language_pair_data(data, split, source_lang, target_lang)
     try:
         src, tgt = task.cfg.source_lang, task.cfg.target_lang
@@ -48,6 +58,9 @@ def build_corpus(source: HypothesisSource, data: str, out: str, split: str = "tr
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         n = len(src_reader)
         what = f"{data} split '{split}'"
+        if filters is not None and filters.min_bleu is not None and reference is None:
+            raise UserError(f"--filter-min-bleu measures the teacher's translations against the references, but "
+                            f"{what} has no target side: leave the option out for this split")
         if source_text is not None:
             lines = sum(1 for _ in text_lines(source_text))
             if lines != n:
@@ -66,8 +79,9 @@ def build_corpus(source: HypothesisSource, data: str, out: str, split: str = "tr
         tmp = tempfile.mkdtemp(dir=out, prefix=writer.TEMPORARY_PREFIX)
         try:  # the temporary folder goes, whatever happens; a killed extract's goes at the next one's start
             writer.claim(tmp)
+            keep_scores = filters is not None and filters.score_quantile is not None
             hyps = source.read(Split(src_reader, reference, tgt_dict, n, what, as_string,
-                                     os.path.join(tmp, writer.WORK), source_text))
+                                     os.path.join(tmp, writer.WORK), source_text, keep_scores))
             empty_ids = np.flatnonzero(hyps.length == 1)
             if len(empty_ids) and empty == "reference" and reference is None:
                 raise UserError(f"{what} has no target side to fall back on for its empty hypotheses: "
@@ -75,10 +89,21 @@ def build_corpus(source: HypothesisSource, data: str, out: str, split: str = "tr
             if len(empty_ids) and empty == "error":
                 raise UserError(source.empty_error(empty_ids))
 
+            judge = None
+            if filters is not None:
+                scored = source.scores() if keep_scores else None
+                if keep_scores and scored is None:
+                    raise UserError(NO_SCORES)
+                judge = CorpusFilter(filters, os.path.join(tmp, writer.dropped_name(split)),
+                                     *(scored or (None, None)), strip=[tgt_dict.eos_index, tgt_dict.pad_index])
             sides = ((src, src_dict), (tgt, tgt_dict))
             prefix = os.path.join(tmp, f"{split}.{src}-{tgt}.")
-            written, target_tokens = writer.write_pairs(prefix, sides, hyps, src_reader, reference, empty,
-                                                        source_text, as_string)
+            try:
+                written, target_tokens = writer.write_pairs(prefix, sides, hyps, src_reader, reference, empty,
+                                                            source_text, as_string, judge)
+            finally:
+                if judge is not None:
+                    judge.close()
             shutil.rmtree(os.path.join(tmp, writer.WORK))
             report = {
                 "split": split, "source_lang": src, "target_lang": tgt, "sentences": n, "written": written,
@@ -89,6 +114,8 @@ def build_corpus(source: HypothesisSource, data: str, out: str, split: str = "tr
                 "target_tokens": target_tokens,
                 "copied_splits": sorted({name.split(".")[0] for name in others}),
             }
+            if judge is not None:
+                report["filters"] = judge.report(writer.dropped_name(split))
             writer.finish(out, tmp, split, sides, folder, others, report)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -104,7 +131,7 @@ def build_corpus(source: HypothesisSource, data: str, out: str, split: str = "tr
 def extract_corpus(generated: list[str], data: str, out: str, split: str = "train",
                    source_lang: str | None = None, target_lang: str | None = None,
                    num_shards: int | None = None, source_text: str | None = None, empty: str = "reference",
-                   copy_splits: bool = True, check_sources: bool = True) -> dict:
+                   copy_splits: bool = True, check_sources: bool = True, filters: Filters | None = None) -> dict:
     """Merge ``fairseq-generate`` outputs of ``split`` into a binarized corpus in ``out``; return the report.
 
     See :mod:`~fairseq_seqkd.seq_kd.corpus.generate_source` for the checks; any failure is a UserError
@@ -112,7 +139,7 @@ def extract_corpus(generated: list[str], data: str, out: str, split: str = "trai
     """
     _check_policy(empty, "hypothesis")
     source = GenerateSource(generated, num_shards, check_sources)
-    return build_corpus(source, data, out, split, source_lang, target_lang, source_text, empty, copy_splits)
+    return build_corpus(source, data, out, split, source_lang, target_lang, source_text, empty, copy_splits, filters)
 
 
 def extract_translations(translations: list[str], data: str, out: str, split: str = "train",
@@ -120,7 +147,7 @@ def extract_translations(translations: list[str], data: str, out: str, split: st
                          pieces: bool = False, bleu: SentenceBLEU | None = None,
                          source_lang: str | None = None, target_lang: str | None = None,
                          source_text: str | None = None, empty: str | None = None, copy_splits: bool = True,
-                         max_unk_rate: float = MAX_UNK_RATE, threads: int = 0) -> dict:
+                         max_unk_rate: float = MAX_UNK_RATE, threads: int = 0, filters: Filters | None = None) -> dict:
     """A binarized corpus in ``out`` from another toolkit's translations of ``split``; return the report.
 
     ``translations``: one text file line-aligned with the split, or (``kbest``) K-best TSV files
@@ -134,15 +161,17 @@ def extract_translations(translations: list[str], data: str, out: str, split: st
     """
     empty = empty or "error"
     _check_policy(empty, "translation")
+    if filters is not None and filters.score_quantile is not None and not kbest:
+        raise UserError(NO_SCORES)
     source = TranslationSource(translations, kbest, seq_inter, spm_model, pieces, bleu, max_unk_rate, threads)
-    return build_corpus(source, data, out, split, source_lang, target_lang, source_text, empty, copy_splits)
+    return build_corpus(source, data, out, split, source_lang, target_lang, source_text, empty, copy_splits, filters)
 
 
 def extract_pooled(teachers: list[Teacher], data: str, out: str, split: str = "train", select: str = "best",
                    spm_model: str | None = None, bleu: SentenceBLEU | None = None, mbr: MBR | None = None,
                    source_lang: str | None = None, target_lang: str | None = None, source_text: str | None = None,
                    empty: str | None = None, copy_splits: bool = True, max_unk_rate: float = MAX_UNK_RATE,
-                   threads: int = 0) -> dict:
+                   threads: int = 0, filters: Filters | None = None) -> dict:
     """A binarized corpus in ``out`` from several teachers' K-best lists of ``split``, pooled; return the report.
 
     See :mod:`~fairseq_seqkd.seq_kd.corpus.pool_source`: ``select`` is ``best`` (the highest pooled
@@ -151,5 +180,7 @@ def extract_pooled(teachers: list[Teacher], data: str, out: str, split: str = "t
     """
     empty = empty or "error"
     _check_policy(empty, "translation")
+    if filters is not None and filters.score_quantile is not None:
+        raise UserError(NO_SCORES)
     source = PooledSource(teachers, select, spm_model, bleu, mbr, max_unk_rate, threads)
-    return build_corpus(source, data, out, split, source_lang, target_lang, source_text, empty, copy_splits)
+    return build_corpus(source, data, out, split, source_lang, target_lang, source_text, empty, copy_splits, filters)

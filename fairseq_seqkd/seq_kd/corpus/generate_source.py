@@ -28,6 +28,8 @@ from fairseq_seqkd.teacher.generate_output import UNTAGGED, chunk_blocks, read_c
 
 SHARD_NAME = "shard{}.txt"  # a shard's file named by hand; the pipeline's is layout.generation_shard's shard0000.txt
 MAX_FILES = 32000  # the files' numbers are int16 in the store
+GENERATE_SCORE = ("the H- line's score as fairseq-generate prints it: base 2, length-normalized (divided by "
+                  "length ** --lenpen) unless generated with --unnormalized")
 
 
 def _folder_shards(folder: str, num_shards: int | None) -> list[str]:
@@ -84,8 +86,9 @@ class _Parser:
     unlike the data (compared by the hash of each source sentence, ``source_hashes``).
     """
 
-    def __init__(self, hyps: Hypotheses, tgt_dict, source_hashes: array | None = None):
+    def __init__(self, hyps: Hypotheses, tgt_dict, source_hashes: array | None = None, keep_scores: bool = False):
         self.hyps, self.dict = hyps, tgt_dict
+        self.scores = np.full(hyps.n, np.nan) if keep_scores else None  # each kept H- line's score
         self._hashes = source_hashes
         self.differ_count, self.differ_first = 0, None  # S- lines unlike the data: count, (id, file, text)
         self.unknown: np.ndarray | None = None  # ids whose hypothesis holds unknown tokens
@@ -189,6 +192,8 @@ class _Parser:
         encoded[keep] = self._codes[found]
         hyps.store(ids, encoded, sizes, index)
         hyps.see(ids, index)  # ids new to the store: each met once, in this file
+        if self.scores is not None:
+            self.scores[ids] = np.fromiter(map(float, scores), np.float64, m)
         return True
 
     def _block(self, index: int, path: str, check: FileCheck, sid: int, lines: list) -> None:
@@ -221,6 +226,8 @@ class _Parser:
                 except KeyError:
                     codes = self._unknown(sid, tokens)
                 hyps.append(sid, codes, index)
+                if self.scores is not None:
+                    self.scores[sid] = float(score)
                 text = text.strip()
                 # only ASCII spaces, single, between tokens: then the tokens joined are the text
                 if not (text.isprintable() and "  " not in text) and " ".join(tokens) != text:
@@ -273,12 +280,13 @@ class GenerateSource:
         if len(self.files) > MAX_FILES:
             raise UserError(f"{len(self.files)} generation files: merge some of them first (at most {MAX_FILES})")
         self.check_sources = check_sources
+        self._scores: np.ndarray | None = None
 
     def read(self, s: Split) -> Hypotheses:
         """Pass 1 over the files, refused with every fault found (see :class:`FileCheck` and :func:`id_problems`)."""
         hashes = source_hashes(s.source, s.as_string, s.n) if self.check_sources and s.source_text is None else None
         hyps = Hypotheses(s.n, s.tgt_dict, s.work)
-        parser = _Parser(hyps, s.tgt_dict, hashes)
+        parser = _Parser(hyps, s.tgt_dict, hashes, s.keep_scores)
         try:
             checks = [parser.read(i, f) for i, f in enumerate(self.files)]
         finally:
@@ -293,6 +301,7 @@ class GenerateSource:
                             "--post-process (then pass --no-source-check)")
         if problems:
             raise UserError("cannot extract a corpus from " + ", ".join(self.files) + ":\n  " + "\n  ".join(problems))
+        self._scores = parser.scores
         if parser.unknown is not None:
             unknown_ids = np.flatnonzero(parser.unknown)
             raise UserError(
@@ -301,6 +310,12 @@ class GenerateSource:
                 "token space. Generate without --post-process/--remove-bpe/--replace-unk, and keep stderr out of "
                 "the output file")
         return hyps
+
+    def scores(self) -> tuple[np.ndarray, str] | None:
+        """The score of each sentence's kept ``H-`` line, as printed."""
+        if self._scores is None:
+            return None
+        return self._scores, GENERATE_SCORE
 
     def report(self) -> dict:
         """The generation files read."""

@@ -214,6 +214,10 @@ class PooledSource:
         self.totals = {"candidates_read": read, "pooled_candidates": distinct, "duplicates_merged": read - distinct,
                        "chosen_from_several_teachers": several}
 
+    def scores(self) -> tuple[np.ndarray, str] | None:
+        """None: pooled weights are normalized per sentence, so they do not compare across sentences."""
+        return None
+
     def report(self) -> dict:
         """The teachers, how candidates were pooled and chosen, and how often each teacher's was chosen."""
         report = {

@@ -29,6 +29,7 @@ class Split:
     as_string: SymbolLines  # source ids to text as Dictionary.string writes them
     work: str  # folder for pass 1's temporary files
     source_text: str | None = None  # the text file the source sentences are taken from, if not the split
+    keep_scores: bool = False  # keep each kept hypothesis's score (the score filter asks for it)
 
 
 class HypothesisSource(Protocol):
@@ -36,6 +37,10 @@ class HypothesisSource(Protocol):
 
     def read(self, split: Split) -> Hypotheses:
         """Pass 1: one hypothesis per sentence of ``split``, stored; a fault is a UserError naming it."""
+
+    def scores(self) -> tuple[np.ndarray, str] | None:
+        """After :meth:`read` with ``keep_scores``: (each sentence's score of its hypothesis, what the score is);
+        None for a source whose scores cannot be compared across sentences."""
 
     def report(self) -> dict:
         """This source's fields of the extract report, after :meth:`read`."""

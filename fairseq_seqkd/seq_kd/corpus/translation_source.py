@@ -21,6 +21,8 @@ from fairseq_seqkd.seq_kd.sentence_bleu import SentenceBLEU
 
 MAX_UNK_RATE = 0.05  # a larger share of unknown tokens means the wrong tokenization, not rare words
 MAX_FILES = 32000  # the files' numbers are int16 in the store
+KBEST_SCORE = ("the kept candidate's score as read from its K-best line (the toolkit's log-probability: "
+               "length-normalized only where the toolkit wrote it per token)")
 
 
 class TranslationSource:
@@ -49,6 +51,7 @@ class TranslationSource:
         self.max_unk_rate, self.threads = max_unk_rate, threads
         self.encoder: kb.TokenEncoder | None = None
         self.empty_lines: list[tuple[str, int, int]] = []  # (file, line, id) of the first empty translations
+        self._scores: np.ndarray | None = None
 
     def read(self, s: Split) -> Hypotheses:
         """Pass 1: every file read, encoded and (K-best) reduced to one candidate per sentence, then checked."""
@@ -97,7 +100,15 @@ class TranslationSource:
             raise UserError("cannot extract a corpus from " + ", ".join(self.files) + ":\n  " + "\n  ".join(problems))
         if encoder.rate() > self.max_unk_rate:
             raise self._unknown_error()
+        if choice is not None and s.keep_scores:
+            self._scores = choice.score
         return hyps
+
+    def scores(self) -> tuple[np.ndarray, str] | None:
+        """K-best lists: the kept candidate's score as read from its line; a text file has none."""
+        if self._scores is None:
+            return None
+        return self._scores, KBEST_SCORE
 
     def report(self) -> dict:
         """The files, their format, how a candidate was chosen and how the text was encoded."""

@@ -28,6 +28,11 @@ TEMPORARY_PREFIX = ".extract-"  # the temporary output folder inside the output 
 OWNER = "pid"  # in the temporary folder: "PID HOST" of the extract that made it
 
 
+def dropped_name(split: str) -> str:
+    """The list of the sentences the filters dropped, beside the report."""
+    return f"{split}.dropped.tsv"
+
+
 def remove_stale_temporaries(out: str) -> None:
     """Remove the temporary folders in ``out`` of extracts that were killed: their owner is gone from this host."""
     host = socket.gethostname()
@@ -91,11 +96,12 @@ def corpus_bytes(source, reference, n: int, src_dict, tgt_dict, folder: str, cop
 
 
 def write_pairs(prefix: str, sides: tuple, hyps: Hypotheses, source, reference, empty: str,
-                source_text: str | None, as_string: SymbolLines) -> tuple[int, int]:
+                source_text: str | None, as_string: SymbolLines, judge=None) -> tuple[int, int]:
     """Pass 2: the pairs in id order, by chunks, as ``PREFIX{lang}.{bin,idx}`` and ``text/``; (pairs, target tokens).
 
     The hypotheses' ids are read from the temporary file one sentence at a time (``pread``), so
-    only one chunk's worth is resident.
+    only one chunk's worth is resident. ``judge``: a :class:`~fairseq_seqkd.seq_kd.filters.CorpusFilter`
+    whose dropped pairs are left out.
     """
     from fairseq.tokenizer import tokenize_line
 
@@ -138,10 +144,14 @@ def write_pairs(prefix: str, sides: tuple, hyps: Hypotheses, source, reference, 
             empties = np.flatnonzero(lengths == 1)
             special = irregular is not None and bool(np.any((irregular[:, 0] >= start)
                                                             & (irregular[:, 0] < stop)))
-            if len(empties) or special:
+            dropped = None
+            if judge is not None:
+                dropped = judge.judge(start, src_sizes, src_text, target, lengths, target_text, reference,
+                                      empties if empty == "drop" else empties[:0])
+            if len(empties) or special or (dropped is not None and dropped.any()):
                 (src_tokens, src_sizes, src_text, target, lengths, target_text) = _mend_chunk(
                     start, stop, empties, empty, (src_tokens, src_sizes, src_text),
-                    (target, lengths, target_text), reference, tgt_string, irregular, irregular_file)
+                    (target, lengths, target_text), reference, tgt_string, irregular, irregular_file, dropped)
             writers[0].add(src_tokens, src_sizes)
             writers[1].add(target, lengths)
             texts[0].write(src_text)
@@ -156,8 +166,10 @@ def write_pairs(prefix: str, sides: tuple, hyps: Hypotheses, source, reference, 
 
 
 def _mend_chunk(start: int, stop: int, empties: np.ndarray, policy: str, source: tuple, target: tuple,
-                reference, as_string: SymbolLines, irregular: np.ndarray | None, irregular_file) -> tuple:
-    """A chunk with empty hypotheses (the reference stands in, or the pair is dropped) or irregular texts."""
+                reference, as_string: SymbolLines, irregular: np.ndarray | None, irregular_file,
+                dropped: np.ndarray | None = None) -> tuple:
+    """A chunk with empty hypotheses (the reference stands in, or the pair is dropped), irregular texts or pairs
+    that the filters drop (``dropped``, a mask)."""
     src_tokens, src_sizes, src_text = source
     tgt_tokens, lengths, tgt_text = target
     src_parts = np.split(src_tokens, np.cumsum(src_sizes)[:-1])
@@ -176,6 +188,8 @@ def _mend_chunk(start: int, stop: int, empties: np.ndarray, policy: str, source:
             tgt_lines[k] = as_string.lines(ref_parts[k], [len(ref_parts[k])])[:-1]
     else:
         keep[empties] = False
+    if dropped is not None:
+        keep[dropped] = False
     kept = np.flatnonzero(keep).tolist()
 
     def joined(parts):
@@ -202,6 +216,9 @@ def finish(out: str, tmp: str, split: str, sides: tuple, folder: str, others: li
         f.write("\n")
     if os.path.exists(os.path.join(out, report_name)):
         os.remove(os.path.join(out, report_name))
+    stale = os.path.join(out, dropped_name(split))  # an earlier, filtered extract's list describes another corpus
+    if os.path.exists(stale) and not os.path.exists(os.path.join(tmp, dropped_name(split))):
+        os.remove(stale)
     os.makedirs(os.path.join(out, "text"), exist_ok=True)
     names = [os.path.join("text", x) for x in sorted(os.listdir(os.path.join(tmp, "text")))]
     names += sorted(x for x in os.listdir(tmp) if x not in ("text", report_name, WORK, OWNER))
