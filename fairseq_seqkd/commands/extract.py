@@ -15,6 +15,7 @@ from fairseq_seqkd.seq_kd.corpus import (
     extract_translations,
     parse_teacher,
 )
+from fairseq_seqkd.seq_kd.filters import Filters
 from fairseq_seqkd.seq_kd.kbest import ENCODINGS, SELECTIONS
 from fairseq_seqkd.seq_kd.mbr import MBR, UTILITIES, WEIGHTS
 from fairseq_seqkd.seq_kd.sentence_bleu import SMOOTH_METHODS, SentenceBLEU
@@ -102,6 +103,20 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-inter-no-effective-order", action="store_true",
                    help="average the BLEU precisions over all 4 orders (as the task's option)")
     g.add_argument("--threads", type=int, default=0, help="sentencepiece encoding threads (0: all cores)")
+    f = p.add_argument_group("filters of the distilled corpus (none by default; a dropped sentence leaves both sides, "
+                             "is counted per reason in the report and listed in SPLIT.dropped.tsv beside it)")
+    f.add_argument("--filter-score-quantile", type=float, default=None, metavar="Q",
+                   help="drop sentences whose teacher score is below the Q-quantile of the whole split's (e.g. "
+                        "0.05): fairseq-generate's H- score (length-normalized unless --unnormalized), or the kept "
+                        "K-best candidate's score as read (--kbest)")
+    f.add_argument("--filter-length-ratio", type=float, default=None, metavar="R",
+                   help="drop sentences whose hypothesis/source length in tokens is outside [1/R, R] (e.g. 3.0)")
+    f.add_argument("--filter-source-copies", action="store_true",
+                   help="drop hypotheses that copy the source: equal to it once lowercased, subword marks removed "
+                        "and only letters and digits kept (the source holding a letter)")
+    f.add_argument("--filter-min-bleu", type=float, default=None, metavar="B",
+                   help="drop sentences whose hypothesis has a sentence BLEU below B (0-100) against the reference "
+                        "(token ids, the --seq-inter-smooth-* options' smoothing)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--select chooses among K-best candidates: give --kbest or --teacher lists")
     bleu = SentenceBLEU(args.seq_inter_smooth_method, args.seq_inter_smooth_value,
                         not args.seq_inter_no_effective_order)
+    filters = Filters(args.filter_score_quantile, args.filter_length_ratio, args.filter_source_copies,
+                      args.filter_min_bleu, bleu)
+    filters.check()
     if args.teacher is not None or select == "mbr":
         default = "spm" if args.spm_model else "pieces" if args.pieces else "words"
         teachers = ([parse_teacher(spec, default) for spec in args.teacher] if args.teacher is not None
@@ -124,12 +142,13 @@ def run(args: argparse.Namespace) -> int:
                            bleu=bleu, mbr=MBR(args.mbr_utility, args.mbr_weights, bleu),
                            source_lang=args.source_lang, target_lang=args.target_lang, source_text=args.source_text,
                            empty=args.empty, copy_splits=not args.no_copy_splits, max_unk_rate=args.max_unk_rate,
-                           threads=args.threads)
+                           threads=args.threads, filters=filters)
         credits = ", ".join(f"{t['name']} {t['chosen']} ({t['chosen_alone']} alone)" for t in r["teachers"])
         print(f"{r['split']}: {r['written']} of {r['sentences']} sentence pairs from {len(r['teachers'])} "
               f"teacher(s), {r['pooled_candidates']} distinct of {r['candidates_read']} candidates ({r['selection']}); "
               f"chosen: {credits}; {r['chosen_from_several_teachers']} proposed by several teachers, credited to "
               f"each; {r['empty_hypotheses']} empty ({r['empty_policy']}) -> {args.out}")
+        _print_filters(r)
         return 0
     if not args.generated:
         r = extract_translations(args.kbest or [args.translations], args.data, args.out, split=args.split,
@@ -138,11 +157,12 @@ def run(args: argparse.Namespace) -> int:
                                  source_lang=args.source_lang, target_lang=args.target_lang,
                                  source_text=args.source_text, empty=args.empty,
                                  copy_splits=not args.no_copy_splits, max_unk_rate=args.max_unk_rate,
-                                 threads=args.threads)
+                                 threads=args.threads, filters=filters)
         print(f"{r['split']}: {r['written']} of {r['sentences']} sentence pairs from "
               f"{len(r['translation_files'])} file(s) ({r['format']}, {r['selection']}); {r['unknown_tokens']} of "
               f"{r['tokens_read']} tokens unknown ({r['unknown_rate']:.4%}); {r['empty_hypotheses']} empty "
               f"({r['empty_policy']}) -> {args.out}")
+        _print_filters(r)
         return 0
     if args.seq_inter or args.spm_model or args.pieces:
         raise UserError("--seq-inter, --spm-model and --pieces are for --translations/--kbest; fairseq-generate "
@@ -150,8 +170,23 @@ def run(args: argparse.Namespace) -> int:
     r = extract_corpus(args.generated, args.data, args.out, split=args.split, source_lang=args.source_lang,
                        target_lang=args.target_lang, num_shards=args.num_shards, source_text=args.source_text,
                        empty=args.empty or "reference", copy_splits=not args.no_copy_splits,
-                       check_sources=not args.no_source_check)
+                       check_sources=not args.no_source_check, filters=filters)
     print(f"{r['split']}: {r['written']} of {r['sentences']} sentence pairs from "
           f"{len(r['generation_files'])} file(s); {r['empty_hypotheses']} empty hypotheses "
           f"({r['empty_policy']}) -> {args.out}")
+    _print_filters(r)
     return 0
+
+
+def _print_filters(r: dict) -> None:
+    """The filters' counts, where any filter was on."""
+    if "filters" in r:
+        f = r["filters"]
+        on = [name for name in f["dropped"] if f["options"][_OPTION[name]] not in (None, False)]
+        counts = ", ".join(f"{name} {f['dropped'][name]}" for name in on)
+        print(f"filtered: {f['dropped_sentences']} sentence pairs dropped ({counts}; a pair may fail several), "
+              f"listed in {f['dropped_file']}")
+
+
+_OPTION = {"score": "score_quantile", "length_ratio": "length_ratio", "source_copy": "source_copies",
+           "bleu": "min_bleu"}
