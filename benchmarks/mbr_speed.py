@@ -44,23 +44,27 @@ def lists(sentences: int, k: int, vocab: int, seed: int) -> tuple[list[list[int]
     return cands, np.full(sentences, k), rng.normal(-1.0, 0.3, len(cands))
 
 
-def sacrebleu_choice(strings: list[str], sizes: np.ndarray, scores: np.ndarray, sacre) -> list[int]:
-    """Expected utility against the other candidates, softmax weights, sacrebleu pair by pair."""
-    chosen, lo = [], 0
+def sacrebleu_choice(strings: list[str], sizes: np.ndarray, scores: np.ndarray, sacre,
+                     weights: str = "scores") -> tuple[list[int], list[float]]:
+    """MBR by hand (the module doc of fairseq_seqkd.seq_kd.mbr), sacrebleu pair by pair: each candidate's expected
+    utility against the other candidates of its sentence, weighted by the softmax of their scores (or uniformly);
+    the chosen candidates and every expected utility. The reference of tests/test_mbr.py too."""
+    chosen, eus, lo = [], [], 0
     for k in sizes.tolist():
         eu = []
         for a in range(lo, lo + k):
             num = den = 0.0
             for b in range(lo, lo + k):
                 if a != b:
-                    w = math.exp(scores[b])
+                    w = math.exp(scores[b]) if weights == "scores" else 1.0
                     num += w * sacre.sentence_score(strings[a], [strings[b]]).score
                     den += w
             eu.append(num / den if den else 0.0)
         top = max(eu)
         chosen.append(lo + max((i for i in range(k) if eu[i] >= top - 1e-9), key=lambda i: (scores[lo + i], -i)))
+        eus += eu
         lo += k
-    return chosen
+    return chosen, eus
 
 
 def measure(k: int, sentences: int, vocab: int, repeats: int, clock) -> dict:
@@ -81,7 +85,7 @@ def measure(k: int, sentences: int, vocab: int, repeats: int, clock) -> dict:
         ours, _ = choice.choose(*pack(cands), sizes, scores)
         batched_s = min(batched_s, clock() - start)
         start = clock()
-        theirs = sacrebleu_choice(strings, sizes, scores, sacre)
+        theirs, _ = sacrebleu_choice(strings, sizes, scores, sacre)
         sacre_s = min(sacre_s, clock() - start)
         gc.enable()
     assert ours.tolist() == theirs, "the batched MBR chose other candidates than sacrebleu pairwise"

@@ -1,6 +1,7 @@
 """MBR selection: the batched choice equals a plain computation with sacrebleu's sentence BLEU, pair by pair."""
 
-import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +10,9 @@ from sacrebleu.metrics import BLEU
 from fairseq_seqkd.seq_kd import mbr
 from fairseq_seqkd.seq_kd.mbr import MBR
 from fairseq_seqkd.seq_kd.sentence_bleu import SentenceBLEU, pack
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+from mbr_speed import sacrebleu_choice  # noqa: E402
 
 
 def _groups(seed: int, sentences: int, k_max: int, vocab: int = 12):
@@ -35,25 +39,8 @@ def _groups(seed: int, sentences: int, k_max: int, vocab: int = 12):
 
 
 def _plain_choice(cands, sizes, scores, weights: str, sacre: BLEU):
-    """Expected utility by hand (module doc of mbr): sacrebleu pair by pair, softmax weights of the others."""
-    strings = [" ".join(map(str, c)) for c in cands]
-    chosen, eus, lo = [], [], 0
-    for k in sizes.tolist():
-        eu = []
-        for a in range(lo, lo + k):
-            num = den = 0.0
-            for b in range(lo, lo + k):
-                if a != b:
-                    w = math.exp(scores[b]) if weights == "scores" else 1.0
-                    num += w * sacre.sentence_score(strings[a], [strings[b]]).score
-                    den += w
-            eu.append(num / den if den else 0.0)
-        top = max(eu)
-        best = max((i for i in range(k) if eu[i] >= top - 1e-9), key=lambda i: (scores[lo + i], -i))
-        chosen.append(lo + best)
-        eus += eu
-        lo += k
-    return chosen, eus
+    """Expected utility by hand: sacrebleu pair by pair (benchmarks/mbr_speed.py, the benchmark's reference)."""
+    return sacrebleu_choice([" ".join(map(str, c)) for c in cands], sizes, scores, sacre, weights)
 
 
 @pytest.mark.parametrize("weights", ["scores", "uniform"])
