@@ -235,22 +235,27 @@ def gpu_slots(count: int, log: str | os.PathLike, gpus: Sequence[str] | None = N
     waited = False
     try:
         while True:
-            for gpu in gpus:
-                if len(held) == count:
-                    break
-                f = open(folder / f"{gpu}.lock", "a+", encoding="utf-8")
-                try:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    f.close()
-                    continue
-                _hold(f, os.getpid(), [f"GPU {gpu}", str(log)])
-                held.append((gpu, f))
-            if len(held) == count:
+            # one job scans at a time: each takes its GPUs in one go (two jobs of 2 on 4 GPUs get 0,1 and
+            # 2,3, never 0,2 and 1,3), and two jobs cannot keep taking one each and letting go forever
+            with open(folder / "scan.lock", "a+", encoding="utf-8") as scan:
+                fcntl.flock(scan.fileno(), fcntl.LOCK_EX)
+                for gpu in gpus:
+                    if len(held) == count:
+                        break
+                    f = open(folder / f"{gpu}.lock", "a+", encoding="utf-8")
+                    try:
+                        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        f.close()
+                        continue
+                    _hold(f, os.getpid(), [f"GPU {gpu}", str(log)])
+                    held.append((gpu, f))
+                if len(held) < count:
+                    for _, f in held:  # all or none: two jobs each holding half of what both need would wait forever
+                        f.close()
+                    held = []
+            if held:
                 break
-            for _, f in held:  # all or none: two jobs each holding half of what both need would wait forever
-                f.close()
-            held = []
             if not waited:
                 _note(log, f"waiting for {count} free GPU(s) of {','.join(gpus)} (locks in {folder})")
                 waited = True
