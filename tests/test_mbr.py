@@ -1,15 +1,16 @@
-"""MBR selection: the batched choice equals a plain computation with sacrebleu's sentence BLEU, pair by pair."""
+"""MBR selection: the batched choice equals a plain computation with sacrebleu's sentence BLEU or chrF, pair by pair."""
 
 import os
 import sys
 
 import numpy as np
 import pytest
-from sacrebleu.metrics import BLEU
+from sacrebleu.metrics import BLEU, CHRF
 
 from fairseq_seqkd.seq_kd import mbr
 from fairseq_seqkd.seq_kd.mbr import MBR
 from fairseq_seqkd.seq_kd.sentence_bleu import SentenceBLEU, pack
+from fairseq_seqkd.seq_kd.sentence_chrf import PieceText
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 from mbr_speed import sacrebleu_choice  # noqa: E402
@@ -59,6 +60,33 @@ def test_choice_equals_sacrebleu_pairwise(weights, smooth, monkeypatch):
     assert np.abs(eu - np.array(plain_eu)).max() < 1e-9
     assert chosen.tolist() == plain
     assert (sizes == 1).any() and (lens == 0).any()
+
+
+# pieces as a sentencepiece dictionary holds them: specials, words (▁), word parts, non-ASCII, one of a space's width
+SYMBOLS = ["<s>", "<pad>", "</s>", "<unk>", "\u2581the", "\u2581cat", "s", "\u2581sa", "t", "\u2581ö", "ßé", "\u2581",
+           "at", "\u2581a", ".", "\u2581Mat", "te"]
+
+
+@pytest.mark.parametrize("weights", ["scores", "uniform"])
+def test_chrf_choice_equals_sacrebleu_pairwise(weights, monkeypatch):
+    cands, sizes, scores = _groups(seed=7 + len(weights), sentences=60, k_max=9, vocab=len(SYMBOLS))
+    cands[5] = [3, 2, 1]  # unk is its symbol's text, the specials nothing (an empty text)
+    monkeypatch.setattr(mbr, "MAX_CANDIDATES", 40)
+    monkeypatch.setattr(mbr, "MAX_PAIR_CELLS", 64)
+    text = PieceText(SYMBOLS, unk=3, skip=[0, 1, 2])
+    tokens, lens = pack(cands)
+    texts = text.texts(tokens, lens)
+    assert texts[5] == "<unk>" and any(t.startswith("the cat") or " ö" in t for t in texts)
+    chosen, eu = MBR("chrf", weights, text=text).choose(tokens, lens, sizes, scores)
+    plain, plain_eu = sacrebleu_choice(texts, sizes, scores, CHRF(), weights)
+    assert np.abs(eu - np.array(plain_eu)).max() < 1e-9
+    assert chosen.tolist() == plain
+    assert (sizes == 1).any() and (lens == 0).any()
+    assert MBR("chrf", text=text).signature() == (
+        "mbr|weights:scores|others-only|utility:sentence-chrf|nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|beta:2"
+        "|tok:pieces-decoded")
+    with pytest.raises(ValueError, match="chrF utility reads the candidates' text"):
+        MBR("chrf")
 
 
 def test_pairs_and_edge_cases():

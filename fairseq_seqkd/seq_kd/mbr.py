@@ -7,7 +7,8 @@ or 0 for uniform weights), the expected utility of ``c_i`` against the *other* c
 
 that is, the expectation of ``U(c_i, Y)`` with ``Y`` drawn from the softmax of the weights over the
 other candidates (uniform weights: the mean over the others). ``U(h, r)`` is the project's
-sentence BLEU (:mod:`fairseq_seqkd.seq_kd.sentence_bleu`) of hypothesis ``h`` against the
+sentence BLEU (:mod:`fairseq_seqkd.seq_kd.sentence_bleu`, on token ids) or sacrebleu's sentence chrF
+(:mod:`fairseq_seqkd.seq_kd.sentence_chrf`, on the text of the pieces) of hypothesis ``h`` against the
 pseudo-reference ``r``. The candidate with the highest EU is chosen; EU values within
 ``TIE_TOLERANCE`` tie, then the higher weight wins, then the earlier candidate. A sentence with one
 candidate keeps it.
@@ -16,20 +17,24 @@ All pairs of many sentences are scored at once with the batched BLEU's n-gram ma
 statistics (:func:`~fairseq_seqkd.seq_kd.sentence_bleu.matched_ngrams`, ``bleu_from_stats``): each
 candidate's n-grams are counted once, and the pairs' clipped matches are array operations over
 the sentences that have the same number of candidates; no Python loop over candidates or pairs.
+chrF does the same on code points (character n-grams up to order 6, ``chrf_from_stats``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from fairseq_seqkd.seq_kd.sentence_bleu import TIE_TOLERANCE, SentenceBLEU, bleu_from_stats, count_table, matched_ngrams
+from fairseq_seqkd.seq_kd.sentence_chrf import PieceText, SentenceCHRF, char_codes, chrf_from_stats
 
-UTILITIES = ("bleu",)
+UTILITIES = ("bleu", "chrf")
 WEIGHTS = ("scores", "uniform")
 MAX_CANDIDATES = 1 << 12  # candidates whose n-grams are counted at a time: bounds the memory
 MAX_PAIR_CELLS = 1 << 22  # pair x n-gram cells compared at a time
+MAX_COUNT_CELLS = 1 << 23  # candidate x n-gram cells counted at a time (chrF's sequences are long)
 
 
 def _group_starts(sizes: np.ndarray) -> np.ndarray:
@@ -43,9 +48,9 @@ def _gather(tokens: np.ndarray, lens: np.ndarray, which: np.ndarray) -> tuple[np
     return tokens[np.arange(int(sel.sum())) + offsets], sel
 
 
-def utility_matrix(bleu: SentenceBLEU, tokens: np.ndarray, lens: np.ndarray, k: int) -> np.ndarray:
-    """U[s, a, b]: BLEU of candidate a (hypothesis) against candidate b (reference) of group s, for packed groups
-    of ``k`` candidates each (ids without EOS), shape (groups, k, k).
+def pair_matches(tokens: np.ndarray, lens: np.ndarray, k: int, max_order: int) -> np.ndarray:
+    """M[s, a, b, n - 1]: the clipped n-gram matches of candidate a against candidate b of group s, for packed groups
+    of ``k`` candidates each, shape (groups, k, k, max_order).
 
     Each candidate's n-grams are counted once, against its group's candidates joined by a separator
     that no candidate holds (:func:`~fairseq_seqkd.seq_kd.sentence_bleu.matched_ngrams`: every n-gram
@@ -54,8 +59,7 @@ def utility_matrix(bleu: SentenceBLEU, tokens: np.ndarray, lens: np.ndarray, k: 
     """
     n = len(lens)
     groups = n // k
-    order_count = bleu.max_order
-    correct = np.zeros((groups, k, k, order_count), np.int64)
+    correct = np.zeros((groups, k, k, max_order), np.int64)
     if tokens.size:
         # each group's joint reference: c_1 SEP c_2 SEP ... SEP c_k
         sep = int(tokens.max()) + 1
@@ -66,7 +70,7 @@ def utility_matrix(bleu: SentenceBLEU, tokens: np.ndarray, lens: np.ndarray, k: 
             = tokens
         joint_lens = with_sep.reshape(groups, k).sum(1)
         group = np.repeat(np.arange(groups), k)
-        for order, cand, ids, table in matched_ngrams(tokens, lens, joint, joint_lens, group, order_count):
+        for order, cand, ids, table in matched_ngrams(tokens, lens, joint, joint_lens, group, max_order):
             counts = count_table(cand, ids, n, table.shape[1])
             width = counts.shape[1]
             # small integers compare many at a time
@@ -76,11 +80,28 @@ def utility_matrix(bleu: SentenceBLEU, tokens: np.ndarray, lens: np.ndarray, k: 
                 part = counts[lo:lo + step]
                 correct[lo:lo + step, :, :, order - 1] = np.minimum(part[:, :, None, :], part[:, None, :, :]).sum(
                     -1, dtype=np.int64)
+    return correct
+
+
+def utility_matrix(bleu: SentenceBLEU, tokens: np.ndarray, lens: np.ndarray, k: int) -> np.ndarray:
+    """U[s, a, b]: BLEU of candidate a (hypothesis) against candidate b (reference) of group s, for packed groups
+    of ``k`` candidates each (ids without EOS), shape (groups, k, k)."""
+    groups = len(lens) // k
+    order_count = bleu.max_order
+    correct = pair_matches(tokens, lens, k, order_count)
     hyp_lens = np.broadcast_to(lens.reshape(groups, k, 1), (groups, k, k)).reshape(-1)
     ref_lens = np.broadcast_to(lens.reshape(groups, 1, k), (groups, k, k)).reshape(-1)
     total = np.clip(hyp_lens[:, None] - np.arange(order_count)[None, :], 0, None)
     return bleu_from_stats(correct.reshape(-1, order_count), total, hyp_lens, ref_lens, bleu.smooth_method,
                            bleu.smooth_value, bleu.effective_order).reshape(groups, k, k)
+
+
+def chrf_matrix(chrf: SentenceCHRF, codes: np.ndarray, lens: np.ndarray, k: int) -> np.ndarray:
+    """U[s, a, b]: chrF of candidate a (hypothesis) against candidate b (reference) of group s, for packed groups
+    of ``k`` candidates each (code points of :func:`~fairseq_seqkd.seq_kd.sentence_chrf.char_codes`)."""
+    groups = len(lens) // k
+    matches = pair_matches(codes, lens, k, chrf.char_order)
+    return chrf_from_stats(matches, lens.reshape(groups, k, 1), lens.reshape(groups, 1, k), chrf.beta)
 
 
 def expected_utility(utility: np.ndarray, log_weights: np.ndarray) -> np.ndarray:
@@ -106,21 +127,30 @@ def choose_in_groups(values: np.ndarray, tie_break: np.ndarray, group_sizes: np.
 
 @dataclass(frozen=True)
 class MBR:
-    """A configured MBR choice: utility, its configuration, and the weights of the pseudo-references."""
+    """A configured MBR choice: utility, its configuration, and the weights of the pseudo-references.
+
+    The chrF utility reads the candidates' text: ``text`` turns their ids into it (the student's
+    dictionary, :meth:`PieceText.of <fairseq_seqkd.seq_kd.sentence_chrf.PieceText.of>`).
+    """
 
     utility: str = "bleu"
     weights: str = "scores"
     bleu: SentenceBLEU = field(default_factory=SentenceBLEU)
+    chrf: SentenceCHRF = field(default_factory=SentenceCHRF)
+    text: PieceText | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.utility not in UTILITIES:
             raise ValueError(f"unknown MBR utility {self.utility!r}; choose one of {', '.join(UTILITIES)}")
         if self.weights not in WEIGHTS:
             raise ValueError(f"unknown MBR weights {self.weights!r}; choose one of {', '.join(WEIGHTS)}")
+        if self.utility == "chrf" and self.text is None:
+            raise ValueError("the chrF utility reads the candidates' text: give text=PieceText.of(dictionary)")
 
     def signature(self) -> str:
         """How the choice is made, in sacrebleu's signature style."""
-        return f"mbr|weights:{self.weights}|others-only|utility:{self.bleu.signature()}"
+        utility = self.chrf.signature() + "|tok:pieces-decoded" if self.utility == "chrf" else self.bleu.signature()
+        return f"mbr|weights:{self.weights}|others-only|utility:{utility}"
 
     def expected_utilities(self, tokens: np.ndarray, lens: np.ndarray, group_sizes: np.ndarray,
                            scores: np.ndarray) -> np.ndarray:
@@ -130,13 +160,20 @@ class MBR:
         scores = np.asarray(scores, np.float64)
         log_weights = scores if self.weights == "scores" else np.zeros_like(scores)
         eu = np.zeros(len(lens), np.float64)
+        if self.utility == "chrf":
+            tokens, lens = char_codes(self.text.texts(tokens, lens))
+            matrix = partial(chrf_matrix, self.chrf)
+        else:
+            matrix = partial(utility_matrix, self.bleu)
+        mean_len = max(1.0, float(lens.mean())) if len(lens) else 1.0
         starts = _group_starts(sizes)
         for k in np.unique(sizes[sizes > 1]).tolist():  # groups of one size together: U is a (groups, k, k) array
             same = np.flatnonzero(sizes == k)
-            per_batch = max(1, MAX_CANDIDATES // k)
+            # a group's candidates are counted against its k candidates joined: about k * k * mean_len cells
+            per_batch = max(1, min(MAX_CANDIDATES // k, int(MAX_COUNT_CELLS // (k * k * mean_len))))
             for lo in range(0, len(same), per_batch):
                 which = (starts[same[lo:lo + per_batch], None] + np.arange(k)[None, :]).reshape(-1)
-                u = utility_matrix(self.bleu, *_gather(tokens, lens, which), k)
+                u = matrix(*_gather(tokens, lens, which), k)
                 eu[which] = expected_utility(u, log_weights[which].reshape(-1, k)).reshape(-1)
         return eu
 
