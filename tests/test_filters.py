@@ -10,6 +10,9 @@ from fairseq_seqkd.seq_kd import filters as fl
 from fairseq_seqkd.seq_kd.corpus import extract_corpus, extract_translations
 from fairseq_seqkd.seq_kd.filters import Filters
 from fairseq_seqkd.seq_kd.sentence_bleu import SentenceBLEU, sentence_bleu_plain
+from fairseq_seqkd.seq_kd.sentence_chrf import PieceText
+
+SOURCE, HYPOTHESIS = fl.DROPPED_COLUMNS.index("source"), fl.DROPPED_COLUMNS.index("hypothesis")
 
 SPLIT, N = "test", 61
 COPIES, LONG, SHORT, FAR = (3, 17), (5,), (8,), (11, 23)
@@ -82,7 +85,8 @@ def test_the_functions(tmp_path):
                               np.array([5, 6, 7, 2, 5, 6, 2]), np.array([4, 3]), [2], 5.0)
     assert values.tolist() == pytest.approx([100.0, 0.0]) and low.tolist() == [False, True]
     for bad, option in ((dict(score_quantile=1.0), "--filter-score-quantile"),
-                        (dict(length_ratio=0.5), "--filter-length-ratio"), (dict(min_bleu=101), "--filter-min-bleu")):
+                        (dict(length_ratio=0.5), "--filter-length-ratio"), (dict(min_bleu=101), "--filter-min-bleu"),
+                        (dict(min_chrf=-1, text=PieceText([])), "--filter-min-chrf")):
         with pytest.raises(UserError, match=option):
             Filters(**bad).check()
 
@@ -133,11 +137,47 @@ def test_each_filter_drops_its_sentences_from_both_sides(hand_made, toy_data_bin
     tgt, src_text = _targets(tmp_path / "out")
     assert tgt == [" ".join(hyps[i]) for i in kept] and src_text == [" ".join(src[i]) for i in kept]
     for i, row in dropped.items():
-        assert row[5] == " ".join(src[i]) and row[6] == " ".join(hyps[i])
+        assert row[SOURCE] == " ".join(src[i]) and row[HYPOTHESIS] == " ".join(hyps[i])
         if name == "length_ratio":
             assert float(row[3]) == pytest.approx(len(hyps[i]) / len(src[i]), abs=1e-3)
     on_disk = json.loads((tmp_path / "out" / f"{SPLIT}.extract.json").read_text())
     assert on_disk["filters"] == f and f["dropped_file"] == f"{SPLIT}.dropped.tsv"
+
+
+def test_chrf_filter_equals_sacrebleu_sentence_chrf(hand_made, toy_data_bin, tmp_path, capsys):
+    from sacrebleu.metrics import CHRF
+
+    from fairseq_seqkd.cli import main
+
+    # the function, on sentencepiece pieces: their text is what sacrebleu reads
+    text = PieceText(["</s>", "\u2581die", "\u2581Kat", "ze", "\u2581schläft", ".", "\u2581Hund"], skip=[0])
+    values, low = fl.low_chrf(fl.SentenceCHRF(), text, np.array([1, 2, 3, 4, 5, 0, 1, 6, 0]), np.array([6, 3]),
+                              np.array([1, 2, 3, 5, 0, 2, 3, 0]), np.array([5, 3]), 50.0)
+    assert text.texts(np.array([1, 2, 3, 4, 5, 0]), np.array([6])) == ["die Katze schläft."]
+    chrf = CHRF()
+    assert values.tolist() == [chrf.sentence_score("die Katze schläft.", ["die Katze."]).score,
+                               chrf.sentence_score("die Hund", ["Katze"]).score]
+    assert low.tolist() == [False, True]
+    with pytest.raises(ValueError, match="chrF filter reads the text"):
+        Filters(min_chrf=5.0).check()
+    # the corpus, through the command line: word-level data, each sentence's words joined by spaces
+    _, src, ref, hyps, _ = hand_made
+    value = 40.0
+    plain = [chrf.sentence_score(" ".join(hyps[i]), [" ".join(ref[i])]).score for i in range(N)]
+    expected = {i for i in range(N) if plain[i] < value}
+    assert set(FAR) | set(SHORT) <= expected and not set(LONG) & expected and len(expected) < N // 2
+    out = tmp_path / "out"
+    assert main(["extract", str(hand_made[0]), "--data", str(toy_data_bin), "--split", SPLIT, "--out", str(out),
+                 "--filter-min-chrf", str(value)]) == 0
+    assert f"filtered: {len(expected)} sentence pairs dropped (chrf {len(expected)};" in capsys.readouterr().out
+    report = json.loads((out / f"{SPLIT}.extract.json").read_text())["filters"]
+    assert report["dropped"]["chrf"] == report["dropped_sentences"] == len(expected)
+    assert report["options"]["min_chrf"] == value and report["chrf"].startswith("sentence-chrf|nrefs:1|")
+    dropped = _dropped(out)
+    assert set(dropped) == expected and all(row[1] == "chrf" for row in dropped.values())
+    at = fl.DROPPED_COLUMNS.index("chrf")
+    assert all(float(row[at]) == pytest.approx(plain[i], abs=0.005) for i, row in dropped.items())
+    assert _targets(out)[0] == [" ".join(hyps[i]) for i in range(N) if i not in expected]
 
 
 def test_score_quantile_is_over_the_whole_split_read_in_pieces(hand_made, toy_data_bin, tmp_path, monkeypatch):

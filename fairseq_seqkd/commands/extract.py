@@ -19,6 +19,7 @@ from fairseq_seqkd.seq_kd.filters import Filters
 from fairseq_seqkd.seq_kd.kbest import ENCODINGS, SELECTIONS
 from fairseq_seqkd.seq_kd.mbr import MBR, UTILITIES, WEIGHTS
 from fairseq_seqkd.seq_kd.sentence_bleu import SMOOTH_METHODS, SentenceBLEU
+from fairseq_seqkd.seq_kd.sentence_chrf import PieceText
 
 # reads fairseq's binarized splits and its tokenizer in this process
 NEEDS_FAIRSEQ = True
@@ -75,13 +76,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--select", choices=SELECTIONS, default=None,
                    help="with --kbest or --teacher: the candidate kept per sentence: best (highest score; pooled: "
                         "highest pooled weight; the default), seq-inter (closest to the reference, as --seq-inter) "
-                        "or mbr (highest expected sentence BLEU against the other candidates: needs no reference)")
+                        "or mbr (highest expected utility against the other candidates: needs no reference)")
     g.add_argument("--mbr-weights", choices=WEIGHTS, default="scores",
                    help="--select mbr: weigh the other candidates by the softmax of their (pooled) scores, or "
                         "uniformly (default scores)")
     g.add_argument("--mbr-utility", choices=UTILITIES, default="bleu",
                    help="--select mbr: the utility, sentence BLEU on token ids with the --seq-inter-smooth-* "
-                        "options (default bleu)")
+                        "options, or sacrebleu's sentence chrF (its defaults: character 6-grams, beta 2, spaces "
+                        "ignored) on the text of the student's pieces (default bleu)")
     g.add_argument("--seq-inter", action="store_true",
                    help="with --kbest: keep the candidate closest to the data's reference by smoothed "
                         "sentence BLEU on token ids (ties: higher score, then earlier line), as "
@@ -117,6 +119,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     f.add_argument("--filter-min-bleu", type=float, default=None, metavar="B",
                    help="drop sentences whose hypothesis has a sentence BLEU below B (0-100) against the reference "
                         "(token ids, the --seq-inter-smooth-* options' smoothing)")
+    f.add_argument("--filter-min-chrf", type=float, default=None, metavar="C",
+                   help="drop sentences whose hypothesis has a sentence chrF below C (0-100) against the reference "
+                        "(sacrebleu's defaults, on the text of the student's pieces)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,15 +136,20 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--select chooses among K-best candidates: give --kbest or --teacher lists")
     bleu = SentenceBLEU(args.seq_inter_smooth_method, args.seq_inter_smooth_value,
                         not args.seq_inter_no_effective_order)
+    text = None
+    if args.mbr_utility == "chrf" or args.filter_min_chrf is not None:  # chrF reads the text of the pieces
+        from fairseq_seqkd.fairseq_glue import setup_translation_task
+
+        text = PieceText.of(setup_translation_task(args.data, args.source_lang, args.target_lang).target_dictionary)
     filters = Filters(args.filter_score_quantile, args.filter_length_ratio, args.filter_source_copies,
-                      args.filter_min_bleu, bleu)
+                      args.filter_min_bleu, bleu, args.filter_min_chrf, text=text)
     filters.check()
     if args.teacher is not None or select == "mbr":
         default = "spm" if args.spm_model else "pieces" if args.pieces else "words"
         teachers = ([parse_teacher(spec, default) for spec in args.teacher] if args.teacher is not None
                     else [Teacher("kbest", list(args.kbest), default)])
         r = extract_pooled(teachers, args.data, args.out, split=args.split, select=select, spm_model=args.spm_model,
-                           bleu=bleu, mbr=MBR(args.mbr_utility, args.mbr_weights, bleu),
+                           bleu=bleu, mbr=MBR(args.mbr_utility, args.mbr_weights, bleu, text=text),
                            source_lang=args.source_lang, target_lang=args.target_lang, source_text=args.source_text,
                            empty=args.empty, copy_splits=not args.no_copy_splits, max_unk_rate=args.max_unk_rate,
                            threads=args.threads, filters=filters)
@@ -189,4 +199,4 @@ def _print_filters(r: dict) -> None:
 
 
 _OPTION = {"score": "score_quantile", "length_ratio": "length_ratio", "source_copy": "source_copies",
-           "bleu": "min_bleu"}
+           "bleu": "min_bleu", "chrf": "min_chrf"}

@@ -1,13 +1,15 @@
 """Filters of a distilled corpus: which of the teacher's translations to leave out, and why.
 
-Four optional tests of a sentence pair (source, teacher's hypothesis), each a plain function:
+Five optional tests of a sentence pair (source, teacher's hypothesis), each a plain function:
 
 - ``score``: the teacher's score of its hypothesis is below the ``q``-quantile of the scores of
   the whole split (:func:`score_threshold`; computed once every hypothesis is read);
 - ``length_ratio``: hypothesis tokens / source tokens outside ``[1/r, r]`` (:func:`length_ratio_outliers`);
 - ``source_copy``: the hypothesis is the source, or nearly (:data:`COPY_RULE`, :func:`source_copies`);
 - ``bleu``: sentence BLEU of the hypothesis against the reference below a threshold
-  (:func:`low_bleu`, the project's batched sentence BLEU on token ids).
+  (:func:`low_bleu`, the project's batched sentence BLEU on token ids);
+- ``chrf``: sacrebleu's sentence chrF of the hypothesis against the reference below a threshold
+  (:func:`low_chrf`, on the text of the student's pieces, :mod:`fairseq_seqkd.seq_kd.sentence_chrf`).
 
 :class:`CorpusFilter` applies them chunk by chunk while the corpus is written, counts each
 reason and lists every dropped sentence in a TSV file beside the report.
@@ -24,10 +26,11 @@ import numpy as np
 from fairseq_seqkd.errors import UserError
 from fairseq_seqkd.seq_kd.kbest import candidate_bleu
 from fairseq_seqkd.seq_kd.sentence_bleu import SentenceBLEU
+from fairseq_seqkd.seq_kd.sentence_chrf import PieceText, SentenceCHRF
 
-REASONS = ("score", "length_ratio", "source_copy", "bleu")
+REASONS = ("score", "length_ratio", "source_copy", "bleu", "chrf")
 EMPTY = "empty"  # the reason of an empty hypothesis dropped by --empty drop, listed with the others
-DROPPED_COLUMNS = ("sentence_id", "reasons", "score", "length_ratio", "bleu", "source", "hypothesis")
+DROPPED_COLUMNS = ("sentence_id", "reasons", "score", "length_ratio", "bleu", "chrf", "source", "hypothesis")
 COPY_RULE = ("the hypothesis and the source are equal once each is lowercased (casefold), its subword marks "
              "('@@', U+2581) removed and only its letters and digits kept (spaces, punctuation and "
              "segmentation ignored), and the source holds at least one letter")
@@ -38,22 +41,26 @@ JUDGED = "non-empty hypotheses only: an empty one follows --empty (the reference
 
 @dataclass(frozen=True)
 class Filters:
-    """Which filters are on (``None``/False: off) and the sentence BLEU that the ``bleu`` filter uses."""
+    """Which filters are on (``None``/False: off), the sentence BLEU and chrF that the ``bleu`` and ``chrf`` filters
+    use, and (``chrf``) how token ids become text: ``PieceText.of(target dictionary)``."""
 
     score_quantile: float | None = None
     length_ratio: float | None = None
     source_copies: bool = False
     min_bleu: float | None = None
     bleu: SentenceBLEU = field(default_factory=SentenceBLEU)
+    min_chrf: float | None = None
+    chrf: SentenceCHRF = field(default_factory=SentenceCHRF)
+    text: PieceText | None = field(default=None, compare=False, repr=False)
 
     def active(self) -> bool:
         """Whether any filter is on."""
         return (self.score_quantile is not None or self.length_ratio is not None or self.source_copies
-                or self.min_bleu is not None)
+                or self.min_bleu is not None or self.min_chrf is not None)
 
     def check(self) -> None:
         """Refuse values that cannot be meant, naming the option and its range."""
-        q, r, b = self.score_quantile, self.length_ratio, self.min_bleu
+        q, r, b, c = self.score_quantile, self.length_ratio, self.min_bleu, self.min_chrf
         if q is not None and not 0 < q < 1:
             raise UserError(f"--filter-score-quantile {q}: give a fraction between 0 and 1 (0.05 drops the 5% of "
                             "sentences with the lowest teacher scores)")
@@ -62,11 +69,15 @@ class Filters:
                             "1/3 and 3 times the source's length in tokens)")
         if b is not None and not 0 <= b <= 100:
             raise UserError(f"--filter-min-bleu {b}: give a sentence BLEU between 0 and 100")
+        if c is not None and not 0 <= c <= 100:
+            raise UserError(f"--filter-min-chrf {c}: give a sentence chrF between 0 and 100")
+        if c is not None and self.text is None:
+            raise ValueError("the chrF filter reads the text of the pieces: give text=PieceText.of(target dictionary)")
 
     def options(self) -> dict:
         """The options as the report names them."""
         return {"score_quantile": self.score_quantile, "length_ratio": self.length_ratio,
-                "source_copies": self.source_copies, "min_bleu": self.min_bleu}
+                "source_copies": self.source_copies, "min_bleu": self.min_bleu, "min_chrf": self.min_chrf}
 
 
 def score_threshold(scores: np.ndarray, quantile: float) -> float:
@@ -110,6 +121,14 @@ def low_bleu(bleu: SentenceBLEU, hyp_tokens: np.ndarray, hyp_sizes: np.ndarray, 
     return values, values < threshold
 
 
+def low_chrf(chrf: SentenceCHRF, text: PieceText, hyp_tokens: np.ndarray, hyp_sizes: np.ndarray,
+             ref_tokens: np.ndarray, ref_sizes: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(sentence chrF of the text of each packed hypothesis against its reference's, whether it is below
+    ``threshold``); ``text`` leaves EOS and padding out."""
+    values = chrf.score_texts(text.texts(hyp_tokens, hyp_sizes), text.texts(ref_tokens, ref_sizes))
+    return values, values < threshold
+
+
 def _number(x: float, digits: int) -> str:
     return "inf" if math.isinf(x) else f"{x:.{digits}f}"
 
@@ -143,7 +162,7 @@ class CorpusFilter:
         """The pairs of sentences ``start``.. (sizes with EOS; texts one line each) to drop: a bool mask.
 
         Empty hypotheses are not judged (``empty_dropped``: those of them that ``--empty drop``
-        drops, listed with the reason ``empty``); ``reference``: the split's target side, for ``bleu``.
+        drops, listed with the reason ``empty``); ``reference``: the split's target side, for ``bleu`` and ``chrf``.
         """
         f = self.filters
         m = len(hyp_sizes)
@@ -167,6 +186,13 @@ class CorpusFilter:
             ref_tokens, ref_sizes = reference.tokens(start, start + m)
             values["bleu"], reasons["bleu"] = low_bleu(f.bleu, hyp_tokens, hyp_sizes, ref_tokens,
                                                        np.asarray(ref_sizes, np.int64), self.strip, f.min_bleu)
+        if f.min_chrf is not None:
+            if reference is None:
+                raise UserError("--filter-min-chrf measures the teacher's translations against the references, but "
+                                "the split has no target side: leave the option out for this split")
+            ref_tokens, ref_sizes = reference.tokens(start, start + m)
+            values["chrf"], reasons["chrf"] = low_chrf(f.chrf, f.text, hyp_tokens, hyp_sizes, ref_tokens,
+                                                       np.asarray(ref_sizes, np.int64), f.min_chrf)
         drop = np.zeros(m, bool)
         for name, mask in reasons.items():
             mask &= judged
@@ -188,6 +214,7 @@ class CorpusFilter:
                          _number(float(values["score"][k]), 4) if "score" in values else "",
                          _number(float(values["length_ratio"][k]), 3) if "length_ratio" in values else "",
                          _number(float(values["bleu"][k]), 2) if "bleu" in values else "",
+                         _number(float(values["chrf"][k]), 2) if "chrf" in values else "",
                          src_lines[k].replace("\t", " "), hyp_lines[k].replace("\t", " ")]
                 rows.append("\t".join(cells) + "\n")
             self._file.write("".join(rows))
@@ -212,4 +239,7 @@ class CorpusFilter:
             report["copy_rule"] = COPY_RULE
         if f.min_bleu is not None:
             report["bleu"] = f.bleu.signature() + " (hypothesis against the reference; below min_bleu dropped)"
+        if f.min_chrf is not None:
+            report["chrf"] = (f.chrf.signature() + "|tok:pieces-decoded (the text of the hypothesis's pieces against "
+                              "the reference's; below min_chrf dropped)")
         return report
