@@ -73,14 +73,31 @@ def pair_matches(tokens: np.ndarray, lens: np.ndarray, k: int, max_order: int) -
         for order, cand, ids, table in matched_ngrams(tokens, lens, joint, joint_lens, group, max_order):
             counts = count_table(cand, ids, n, table.shape[1])
             width = counts.shape[1]
-            # small integers compare many at a time
-            counts = counts.astype(np.uint8 if counts.max() < 256 else np.int32).reshape(groups, k, width)
-            step = max(1, MAX_PAIR_CELLS // (k * k * width))
+            counts = counts.reshape(groups, k, width)
+            step = max(1, MAX_PAIR_CELLS // (k * width))
             for lo in range(0, groups, step):
-                part = counts[lo:lo + step]
-                correct[lo:lo + step, :, :, order - 1] = np.minimum(part[:, :, None, :], part[:, None, :, :]).sum(
-                    -1, dtype=np.int64)
+                correct[lo:lo + step, :, :, order - 1] = _clipped_matches(counts[lo:lo + step])
     return correct
+
+
+def _clipped_matches(counts: np.ndarray) -> np.ndarray:
+    """sum_j min(c[s, a, j], c[s, b, j]) for counts (groups, k, width): (groups, k, k).
+
+    ``min(x, y) = sum_{t >= 1} [x >= t] [y >= t]``, so the sum is a product of 0/1 matrices per
+    level t (BLAS; exact in float32, every sum being below 2^24); past level 1 only the columns that
+    reach the level take part.
+    """
+    level = (counts >= 1).astype(np.float32)
+    out = level @ level.transpose(0, 2, 1)
+    t = 2
+    while True:
+        cols = np.flatnonzero((counts >= t).any((0, 1)))
+        if not cols.size:
+            break
+        level = (counts[:, :, cols] >= t).astype(np.float32)
+        out += level @ level.transpose(0, 2, 1)
+        t += 1
+    return out.astype(np.int64)
 
 
 def utility_matrix(bleu: SentenceBLEU, tokens: np.ndarray, lens: np.ndarray, k: int) -> np.ndarray:
