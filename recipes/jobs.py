@@ -767,6 +767,73 @@ def seeded_students(config: dict, students: Sequence[str]) -> list[str]:
 SLURM_KINDS = ("teacher", "train", "gpu", "cpu")
 
 
+VARIANT_TEACHERS = ("all", "first")
+
+
+def seqkd_variants(config: dict, ensemble: bool) -> dict[str, dict]:
+    """The further Seq-KD students of ``seqkd_variants``: NAME -> ``{"teachers": "all"|"first", "extract_args":
+    [...]}``, each trained as the Seq-KD student on a corpus of its own (data-bin-seqkd.NAME), chosen by
+    ``fairseq-seqkd extract --teacher ... EXTRACT_ARGS`` from the K-best list of the teachers' beam (all:
+    teacher_seeds' ensemble, first: the table's teacher alone; the same without an ensemble)."""
+    given = config["seqkd_variants"] or {}
+    if not isinstance(given, dict):
+        raise ValueError(f"seqkd_variants: {given!r}; give NAME: {{teachers: all|first, extract_args: [...]}}, e.g. "
+                         "mbr: {teachers: first, extract_args: [--select, mbr]}")
+    variants = {}
+    for name, spec in given.items():
+        spec = spec or {}
+        if not re.fullmatch(r"[a-z0-9_]+", str(name)) or str(name).startswith("seed"):
+            raise ValueError(f"seqkd_variants: the name {name!r}; use lower-case letters, digits and _ "
+                             "(not starting with 'seed'): the student is seq_kd.NAME")
+        if not isinstance(spec, dict) or set(spec) - {"teachers", "extract_args"}:
+            raise ValueError(f"seqkd_variants: {name}: {spec!r}; its keys are teachers (all or first) and "
+                             "extract_args (a list of `fairseq-seqkd extract` options)")
+        teachers = spec.get("teachers") or "all"
+        if teachers not in VARIANT_TEACHERS:
+            raise ValueError(f"seqkd_variants: {name}: teachers {teachers!r}; all (teacher_seeds' ensemble) or "
+                             "first (the table's teacher alone)")
+        variants[str(name)] = {"teachers": teachers if ensemble else "first",
+                               "extract_args": args(spec.get("extract_args"))}
+    if variants and config["teacher_engine"] == "ct2":
+        raise ValueError("seqkd_variants: the K-best lists they choose from are fairseq-generate's; "
+                         "set teacher_engine: fairseq")
+    return variants
+
+
+def kept_trainings(config: dict, rows: dict[str, dict], always: Sequence[str]) -> dict[str, dict]:
+    """The trainings of ``rows`` that ``students`` keeps (null: all), with ``always`` (the teacher, the
+    Seq-KD variants); a kept training that fine-tunes one left out is an error that names it."""
+    wanted = config["students"]
+    if wanted is None:
+        return rows
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    unknown = [name for name in wanted if name not in rows]
+    if unknown:
+        raise ValueError(f"students: {', '.join(map(str, unknown))} not among this run's trainings "
+                         f"({', '.join(name for name in rows if name not in always)})")
+    kept = {name: row for name, row in rows.items() if name in wanted or name in always}
+    for name, row in kept.items():
+        if row["start"] is not None and row["start"] not in kept:
+            raise ValueError(f"students: {name} fine-tunes {row['start']}, which is left out; add {row['start']}")
+    return kept
+
+
+def compare_pairs(config: dict, systems: Sequence[str]) -> list[str]:
+    """``report_compare``'s pairs as the report's ``--compare A:B`` arguments; a system this run does not
+    score is an error that lists those it does."""
+    pairs = config["report_compare"] or []
+    out = []
+    for pair in pairs:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ValueError(f"report_compare: {pair!r}; each item is a pair [A, B] of systems")
+        unknown = [str(name) for name in pair if name not in systems]
+        if unknown:
+            raise ValueError(f"report_compare: {', '.join(unknown)} not scored in this run (its systems: "
+                             f"{', '.join(systems)})")
+        out.append(f"{pair[0]}:{pair[1]}")
+    return out
+
+
 def slurm_resources(config: dict, kind: str) -> dict:
     """The Snakemake resources of a job of ``kind`` (teacher, train, gpu, cpu) as the SLURM executor plugin
     reads them, from the slurm_* settings: memory, time limit, partition, account, GPUs, and for a training

@@ -33,11 +33,22 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="the pruning curve's points, file stems of RUN_DIR/results/curve/ (e.g. r0.5 r0.8): exactly "
                         "those are read, a missing one an error; default: none with --systems, else every "
                         "RUN_DIR/results/curve/*.json")
+    p.add_argument("--compare", nargs="+", metavar="A:B", default=[], type=_pair,
+                   help="pairs of systems: BLEU(A) - BLEU(B), greedy and beam, with its 95%% interval and "
+                        "paired-bootstrap p-value, on every test set where both were scored")
+
+
+def _pair(text: str) -> tuple[str, str]:
+    a, colon, b = text.partition(":")
+    if not colon or not a or not b:
+        raise argparse.ArgumentTypeError(f"{text!r}: give two systems as A:B, e.g. seq_kd.mbr:seq_kd.first")
+    return a, b
 
 
 def run(args: argparse.Namespace) -> int:
     paths = write_report(args.run_dir, paper=args.paper, plots=not args.no_plots, test_sets=args.test_sets,
-                         main_test_set=args.main_test_set, systems=args.systems, curve=args.curve)
+                         main_test_set=args.main_test_set, systems=args.systems, curve=args.curve,
+                         compare=args.compare)
     print(paths.pop("table"))
     for kind, path in paths.items():
         print(f"{kind}: {path}")

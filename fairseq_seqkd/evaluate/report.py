@@ -35,7 +35,7 @@ from fairseq_seqkd.evaluate.findings import (
     seed_of,
 )
 from fairseq_seqkd.evaluate.provenance import collect_provenance, provenance_lines
-from fairseq_seqkd.evaluate.significance import RESAMPLES, SEED, test_set_noise
+from fairseq_seqkd.evaluate.significance import DECODINGS, RESAMPLES, SEED, test_set_noise
 from fairseq_seqkd.io_utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,8 @@ def extra_test_set_names(run_dir: str) -> list[str]:
 
 
 def collect(run_dir: str, test_sets: list[str] | None = None, main_test_set: str = MAIN,
-            systems: list[str] | None = None, curve: list[str] | None = None) -> dict:
+            systems: list[str] | None = None, curve: list[str] | None = None,
+            compare: list[tuple[str, str]] | None = None) -> dict:
     """Read ``RUN/results`` into ``{"test_set", "systems", "pruning_curve", "findings", "extra_test_sets",
     "findings_by_test_set", "warnings"}``.
 
@@ -127,6 +128,8 @@ def collect(run_dir: str, test_sets: list[str] | None = None, main_test_set: str
     ``RUN/results/curve/POINT.json`` for each of ``test_sets`` and ``curve``; None: none) is read, a
     missing one an error, any other file ignored. Without, every file is read: every folder of results
     but curve a test set, and every curve point unless ``curve`` names them.
+    ``compare``: pairs (A, B) of systems; ``comparisons`` maps every test set to BLEU(A) - BLEU(B), greedy
+    and beam, with its 95% interval and paired-bootstrap p (``compared``), where both were scored there.
     """
     results_dir = os.path.join(run_dir, "results")
     full, seeds = split_seeds(_systems(results_dir, systems))
@@ -137,16 +140,22 @@ def collect(run_dir: str, test_sets: list[str] | None = None, main_test_set: str
     points = _curve(results_dir, curve)
     if test_sets is None:
         test_sets = [] if systems is not None else extra_test_set_names(run_dir)
-    findings = _judged(results_dir, full)
+    compare = list(compare or [])
+    unknown = sorted({name for pair in compare for name in pair if name not in full})
+    if unknown:
+        raise UserError(f"--compare: {', '.join(unknown)} not among the systems of {results_dir} "
+                        f"({', '.join(full)})")
+    findings, compared = _judged(results_dir, full, compare)
     extra = {}
+    by_pair = {main_test_set: compared}
     for name in test_sets:
         folder = os.path.join(results_dir, name)
         extra[name] = {"systems": _systems(folder, systems, name)}
-        extra[name]["findings"] = _judged(folder, extra[name]["systems"])
+        extra[name]["findings"], by_pair[name] = _judged(folder, extra[name]["systems"], compare)
     by_test_set = {main_test_set: findings} | {name: e["findings"] for name, e in extra.items()}
     return {"test_set": main_test_set, "systems": full, "pruning_curve": points, "findings": findings,
             "extra_test_sets": extra, "findings_by_test_set": by_test_set, "warnings": far_below_baseline(full),
-            "seeds": seeds}
+            "seeds": seeds, "comparisons": by_pair}
 
 
 def split_seeds(systems: dict) -> tuple[dict, dict]:
@@ -190,15 +199,51 @@ def seeds_table(seeds: dict) -> str:
         for decoding in ("greedy", "beam"):
             cells.append(" / ".join(_fmt(v) for v in e[f"bleu_{decoding}"]))
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("\nEach system trained once per seed of `student_seeds` (the first the main table's), everything else "
-                 "the same, scored on the main test set; ± is the standard deviation over the seeds (n - 1), the "
+    lines.append("\nEach system trained once per seed of `student_seeds` (the teacher: `teacher_seeds`; the first the "
+                 "main table's), everything else the same, scored on the main test set; ± is the standard "
+                 "deviation over the seeds (n - 1), the "
                  "spread a difference between two single trainings must clear.")
     return "\n".join(lines) + "\n"
 
 
-def _judged(results_dir: str, systems: dict) -> list[dict]:
-    """The findings on one test set, judged against the noise of its rescored outputs (adds theirs to ``systems``)."""
-    return check_findings(systems, test_set_noise(results_dir, systems, comparisons(systems)))
+def _judged(results_dir: str, systems: dict, compare: list[tuple[str, str]] = ()) -> tuple[list[dict], list[dict]]:
+    """The findings on one test set, judged against the noise of its rescored outputs (adds theirs to ``systems``),
+    and ``compared``'s rows of the pairs of ``compare`` both of which were scored on it."""
+    asked = [(a, d, b, d) for a, b in compare for d in DECODINGS]
+    noise = test_set_noise(results_dir, systems, [*comparisons(systems), *asked])
+    return check_findings(systems, noise), compared(noise, compare)
+
+
+def compared(noise: dict, compare: list[tuple[str, str]]) -> list[dict]:
+    """``{"a", "b", "greedy", "beam"}`` for each pair (A, B) of ``compare`` in ``noise`` (``test_set_noise``'s),
+    each decoding's ``{"diff", "interval", "p"}`` of BLEU(A) - BLEU(B) (None where one was not scored)."""
+    rows = []
+    for a, b in compare:
+        cells = {d: noise.get((a, d, b, d)) for d in DECODINGS}
+        if any(cells.values()):
+            rows.append({"a": a, "b": b, **cells})
+    return rows
+
+
+def comparisons_table(by_test_set: dict[str, list[dict]]) -> str:
+    """The asked comparisons (``report_compare``), a row per pair and test set."""
+    rows = [(name, r) for name, found in by_test_set.items() for r in found]
+    if not rows:
+        return ""
+
+    def cell(c: dict | None) -> str:
+        if not c:
+            return "–"
+        low, high = c["interval"]
+        return f"{c['diff']:+.1f} [{low:+.1f}, {high:+.1f}], p {c['p']:.3f}"
+
+    lines = ["| A | B | test set | BLEU(A) - BLEU(B), K=1 | K=5 |", "|---|---|---|---|---|"]
+    lines += [f"| {_label(r['a'])} | {_label(r['b'])} | {name} | {cell(r['greedy'])} | {cell(r['beam'])} |"
+              for name, r in rows]
+    lines.append(f"\nEach cell: the difference, its 95% interval (the two systems scored on the same {RESAMPLES} "
+                 f"resamples, seed {SEED}) and the paired-bootstrap p-value of A against B (sacrebleu's): an "
+                 "interval that holds 0 is a difference within the noise of the test set.")
+    return "\n".join(lines) + "\n"
 
 
 def _load_listed(path: str, what: str, option: str) -> dict:
@@ -229,7 +274,11 @@ def _fmt(v, digits: int = 1) -> str:
 
 def _label(name: str) -> str:
     base, seed = seed_of(name)
-    return LABELS.get(name, name) if seed is None else f"{LABELS.get(base, base)} (seed {seed})"
+    if base.startswith("seq_kd.") and base not in LABELS:  # a Seq-KD variant of the recipes (seqkd_variants)
+        label = f"Seq-KD ({base.removeprefix('seq_kd.')})"
+    else:
+        label = LABELS.get(base, base)
+    return label if seed is None else f"{label} (seed {seed})"
 
 
 def _delta(systems: dict, name: str, key: str) -> str:
@@ -394,11 +443,11 @@ def tables_markdown(report: dict, paper: str | None = None) -> str:
 
 def write_report(run_dir: str, paper: str | None = None, plots: bool = True, test_sets: list[str] | None = None,
                  main_test_set: str = MAIN, systems: list[str] | None = None,
-                 curve: list[str] | None = None) -> dict[str, str]:
+                 curve: list[str] | None = None, compare: list[tuple[str, str]] | None = None) -> dict[str, str]:
     """Write RUN/report.md, RUN/report.json and the PNG plots; return their paths (and the tables).
 
-    ``test_sets``, ``systems`` and ``curve`` select the results read, as in ``collect``."""
-    report = collect(run_dir, test_sets, main_test_set, systems, curve)
+    ``test_sets``, ``systems``, ``curve`` and ``compare`` select the results read, as in ``collect``."""
+    report = collect(run_dir, test_sets, main_test_set, systems, curve, compare)
     for warning in report["warnings"]:
         logger.warning(warning)
     tables = tables_markdown(report, paper)
@@ -409,6 +458,9 @@ def write_report(run_dir: str, paper: str | None = None, plots: bool = True, tes
           + "\nOn every test set (the difference behind each verdict, its 95% interval and p-value; see "
           "`fairseq_seqkd/evaluate/findings.py` for what held, within noise and did not hold mean):\n\n"
           + findings_table(report["findings_by_test_set"]))
+    pairs = comparisons_table(report["comparisons"])
+    if pairs:
+        md += f"\n## Comparisons\n\n{pairs}"
     seeds = seeds_table(report["seeds"])
     if seeds:
         md += f"\n## Training noise: students trained with several seeds ({report['test_set']})\n\n{seeds}"
