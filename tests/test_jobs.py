@@ -321,3 +321,37 @@ def test_what_each_job_adds_on_a_cpu_and_on_a_gpu():
                                                                "--ddp-backend", "legacy_ddp"]
     with pytest.raises(ValueError, match="one of train, generate, cache, evaluate"):
         jobs.device_options(config, "export")
+
+
+def test_seqkd_variants_students_and_comparisons_are_checked_when_planned():
+    """seqkd_variants, students and report_compare: what a run makes, or an error naming the setting."""
+    config = {"seqkd_variants": {"mbr": {"teachers": "first", "extract_args": ["--select", "mbr"]},
+                                 "top": None}, "teacher_engine": "fairseq"}
+    assert jobs.seqkd_variants(config, ensemble=True) == {
+        "mbr": {"teachers": "first", "extract_args": ["--select", "mbr"]},
+        "top": {"teachers": "all", "extract_args": []}}
+    # without an ensemble there is one teacher: "all" is the first
+    assert jobs.seqkd_variants(config, ensemble=False)["top"]["teachers"] == "first"
+    for bad, match in [({"Mbr": {}}, "name"), ({"seed2": {}}, "name"), ({"a": {"teacher": "all"}}, "keys"),
+                       ({"a": {"teachers": "best"}}, "teachers"), (["a"], "NAME:")]:
+        with pytest.raises(ValueError, match=match):
+            jobs.seqkd_variants({"seqkd_variants": bad, "teacher_engine": "fairseq"}, ensemble=False)
+    with pytest.raises(ValueError, match="teacher_engine: fairseq"):
+        jobs.seqkd_variants({"seqkd_variants": {"a": {}}, "teacher_engine": "ct2"}, ensemble=False)
+
+    rows = {name: {"start": start} for name, start in [("teacher", None), ("baseline", None), ("seq_kd", None),
+                                                       ("seq_kd_seq_inter", "seq_kd"), ("seq_kd.mbr", None)]}
+    assert list(jobs.kept_trainings({"students": None}, rows, ["teacher"])) == list(rows)
+    assert list(jobs.kept_trainings({"students": ["baseline"]}, rows, ["teacher", "seq_kd.mbr"])) == [
+        "teacher", "baseline", "seq_kd.mbr"]
+    with pytest.raises(ValueError, match="fine-tunes seq_kd, which is left out"):
+        jobs.kept_trainings({"students": ["seq_kd_seq_inter"]}, rows, ["teacher"])
+    with pytest.raises(ValueError, match="word_kd not among"):
+        jobs.kept_trainings({"students": ["word_kd"]}, rows, ["teacher"])
+
+    systems = ["teacher", "baseline", "seq_kd.mbr"]
+    assert jobs.compare_pairs({"report_compare": [["seq_kd.mbr", "baseline"]]}, systems) == ["seq_kd.mbr:baseline"]
+    with pytest.raises(ValueError, match="word_kd not scored"):
+        jobs.compare_pairs({"report_compare": [["word_kd", "baseline"]]}, systems)
+    with pytest.raises(ValueError, match="a pair"):
+        jobs.compare_pairs({"report_compare": [["baseline"]]}, systems)

@@ -191,3 +191,41 @@ def test_findings_verdicts_on_constructed_results():
     assert {f["id"]: f for f in check_findings(systems, noise)}["pruning_cheap"]["verdict"] == FAILED
     systems["word_kd"]["bleu_greedy"] = 29.9  # below the baseline: did not hold, even within noise
     assert {f["id"]: f for f in check_findings(systems, noise)}["word_kd_helps"]["verdict"] == FAILED
+
+
+def test_asked_comparisons_are_sacrebleus_paired_test_on_every_test_set(tmp_path):
+    """report_compare's pairs (report --compare A:B): BLEU(A) - BLEU(B) with the p-value sacrebleu's command line
+    gives A against B, on each test set; a system not scored is refused by name."""
+    refs, val = _corpus(), _corpus(seed=7)
+    _evaluated(tmp_path, "", {"baseline": (_noisy(refs, 0.5, 2), _noisy(refs, 0.55, 4)),
+                              "seq_kd.first": (_noisy(refs, 0.6, 3), _noisy(refs, 0.62, 5)),
+                              "seq_kd.mbr": (_noisy(refs, 0.7, 6), _noisy(refs, 0.72, 8))}, refs)
+    _evaluated(tmp_path, "val", {"baseline": (_noisy(val, 0.5, 2), _noisy(val, 0.5, 4)),
+                                 "seq_kd.first": (_noisy(val, 0.6, 3), _noisy(val, 0.6, 5)),
+                                 "seq_kd.mbr": (_noisy(val, 0.6, 9), _noisy(val, 0.6, 10))}, val)
+    names = ["baseline", "seq_kd.first", "seq_kd.mbr"]
+    report = collect(str(tmp_path), test_sets=["val"], systems=names, compare=[("seq_kd.mbr", "seq_kd.first")])
+    [row] = report["comparisons"]["test"]
+    [on_val] = report["comparisons"]["val"]
+    assert on_val["a"] == "seq_kd.mbr" and on_val["greedy"]["diff"] != row["greedy"]["diff"]
+    for decoding in ("greedy", "beam"):
+        plain = {}
+        for name in ("seq_kd.first", "seq_kd.mbr"):
+            plain[name] = tmp_path / f"{name}.{decoding}.plain"
+            hyps = [line.split("\t")[2] for line in (tmp_path / "eval" / f"{name}.{decoding}.txt").read_text()
+                    .splitlines() if line.startswith("H-")]
+            order = [int(line.split("\t")[0][2:]) for line in (tmp_path / "eval" / f"{name}.{decoding}.txt")
+                     .read_text().splitlines() if line.startswith("H-")]
+            plain[name].write_text("\n".join(h for _, h in sorted(zip(order, hyps))) + "\n")
+        rows, _ = _cli(tmp_path / "eval" / "ref.txt", plain["seq_kd.first"], plain["seq_kd.mbr"])
+        cell = row[decoding]
+        assert cell["p"] == rows[1]["p_bleu"]
+        assert cell["diff"] == pytest.approx(rows[1]["bleu"][0] - rows[0]["bleu"][0], abs=0.01)
+        assert cell["interval"][0] <= cell["diff"] <= cell["interval"][1]
+    paths = write_report(str(tmp_path), plots=False, test_sets=["val"], systems=names,
+                         compare=[("seq_kd.mbr", "seq_kd.first")])
+    md = open(paths["markdown"]).read()
+    assert "## Comparisons" in md and "| Seq-KD (mbr) | Seq-KD (first) | test |" in md
+    assert "| Seq-KD (mbr) | Seq-KD (first) | val |" in md
+    with pytest.raises(UserError, match="seq_kd.nope"):
+        collect(str(tmp_path), systems=names, compare=[("seq_kd.nope", "baseline")])
