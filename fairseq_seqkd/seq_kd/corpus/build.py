@@ -58,9 +58,11 @@ def build_corpus(source: HypothesisSource, data: str, out: str, split: str = "tr
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         n = len(src_reader)
         what = f"{data} split '{split}'"
-        if filters is not None and filters.min_bleu is not None and reference is None:
-            raise UserError(f"--filter-min-bleu measures the teacher's translations against the references, but "
-                            f"{what} has no target side: leave the option out for this split")
+        if filters is not None and reference is None:
+            for option, value in (("--filter-min-bleu", filters.min_bleu), ("--filter-min-chrf", filters.min_chrf)):
+                if value is not None:
+                    raise UserError(f"{option} measures the teacher's translations against the references, but "
+                                    f"{what} has no target side: leave the option out for this split")
         if source_text is not None:
             lines = sum(1 for _ in text_lines(source_text))
             if lines != n:
